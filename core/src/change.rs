@@ -1,0 +1,166 @@
+//! The source-neutral change model: table schemas, typed values and row operations.
+//!
+//! Sources map their native types onto [`ColumnType`]; the Parquet writer maps [`ColumnType`]
+//! onto Athena-safe Arrow types. A row is a slice of [`Value`]s aligned with
+//! [`TableSchema::columns`].
+
+use std::fmt;
+use std::sync::Arc;
+
+/// A table's qualified name.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct TableId {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableId {
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        TableId {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parse `schema.table`, or `table` (schema `public`).
+    pub fn parse(s: &str) -> Self {
+        match s.split_once('.') {
+            Some((schema, name)) => TableId::new(schema, name),
+            None => TableId::new("public", s),
+        }
+    }
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Logical column types. Each maps to exactly one Arrow/Parquet type (see `docs/types.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ColumnType {
+    Bool,
+    Int16,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    /// Fixed-point decimal with `precision <= 38`; values are `Value::Decimal` scaled by `scale`.
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
+    /// Any text: varchar, char, text, and types written as their text form
+    /// (json, uuid, inet, interval, time, enum, unbounded numeric, unknown types).
+    Text,
+    Bytes,
+    /// Days since 1970-01-01.
+    Date,
+    /// Microseconds since 1970-01-01 00:00, no time zone.
+    Timestamp,
+    /// Microseconds since 1970-01-01 00:00 UTC.
+    TimestampTz,
+    /// A one-dimensional list of the element type.
+    List(Box<ColumnType>),
+}
+
+/// One column of a table schema.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+    /// The source's own type name, e.g. `numeric(12,2)` or `varchar(20)`.
+    pub source_type: String,
+    /// Part of the primary key (the real key, not the replica identity).
+    pub key: bool,
+}
+
+/// A table's columns at one point of its history. A change of columns is a new `TableSchema`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableSchema {
+    pub id: TableId,
+    pub columns: Vec<Column>,
+}
+
+pub type SchemaRef = Arc<TableSchema>;
+
+impl TableSchema {
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    pub fn key_columns(&self) -> impl Iterator<Item = &Column> {
+        self.columns.iter().filter(|c| c.key)
+    }
+}
+
+/// A typed value. Its variant must agree with the column's [`ColumnType`]:
+/// `Bool`-`Bool`, `I16`-`Int16`, `I32`-`Int32`, `I64`-`Int64`, `F32`-`Float32`, `F64`-`Float64`,
+/// `Decimal`-`Decimal` (unscaled), `Text`-`Text`, `Bytes`-`Bytes`, `Date`-`Date`,
+/// `Timestamp`-`Timestamp`/`TimestampTz`, `List`-`List`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    /// Unscaled value of a `Decimal { scale, .. }` column.
+    Decimal(i128),
+    Text(String),
+    Bytes(Vec<u8>),
+    Date(i32),
+    Timestamp(i64),
+    List(Vec<Value>),
+    /// The true value is not known here: an unchanged TOAST value the source did not send, a
+    /// non-key column of a DELETE under REPLICA IDENTITY DEFAULT, or a value with no
+    /// representation in the column's type (numeric NaN in a DECIMAL). Written as NULL with the
+    /// column's name listed in `_unavailable_cols`, never as a placeholder.
+    Unavailable,
+}
+
+/// What happened to a row. Written to `_op` as one letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Op {
+    /// Row read by the initial snapshot (`R`).
+    Snapshot,
+    /// `I`
+    Insert,
+    /// `U`: the new row image.
+    Update,
+    /// `D`: the old row image (key columns at least).
+    Delete,
+    /// `T`: the whole table was truncated; data columns are NULL.
+    Truncate,
+}
+
+impl Op {
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Snapshot => "R",
+            Op::Insert => "I",
+            Op::Update => "U",
+            Op::Delete => "D",
+            Op::Truncate => "T",
+        }
+    }
+}
+
+/// Metadata written beside every row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowMeta<'a> {
+    pub op: Op,
+    /// The source position that orders rows (`_pos`): zero-padded so it sorts as text.
+    pub pos: &'a str,
+    /// Ordinal of the row inside its transaction or snapshot (`_ord`), from 0.
+    pub ord: u64,
+    /// Commit time, microseconds since the epoch, UTC (`_commit_ts`).
+    pub commit_ts: i64,
+    /// Source transaction id (`_xid`), where the source has one.
+    pub xid: Option<i64>,
+}

@@ -1,0 +1,278 @@
+//! Pipeline configuration: a TOML file, overridden by flags and environment variables (the
+//! binary applies those), validated here with errors that say what to change.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::change::TableId;
+use crate::error::{Error, ErrorKind, Result};
+
+/// One pipeline: one source, one output, one checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names the checkpoint, the replication slot and publication (unless set), and the output
+    /// folder `<prefix>/<pipeline>/`.
+    pub pipeline: String,
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub output: OutputConfig,
+    #[serde(default)]
+    pub positions: PositionsConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://user[:password]@host:port/dbname[?sslmode=...]`. The password may instead
+    /// come from `TIDEMARK_SOURCE_PASSWORD` (or `PGPASSWORD`); it is never logged.
+    pub url: String,
+    /// Tables to capture (`schema.table` or `table` for `public`). Empty: every table of the
+    /// publication, which is then created `FOR ALL TABLES` (needs superuser).
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Replication slot; default `tidemark_<pipeline>`.
+    #[serde(default)]
+    pub slot: Option<String>,
+    /// Publication; default `tidemark_<pipeline>`.
+    #[serde(default)]
+    pub publication: Option<String>,
+    /// Copy existing rows before streaming (default true).
+    #[serde(default = "yes")]
+    pub snapshot: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// `file:///path` (default `./tidemark-out`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Key prefix inside the output.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PositionsConfig {
+    /// `file:///dir`; default the state directory (`$TIDEMARK_STATE_HOME`, ...).
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Flush when this many rows are buffered (a huge transaction is split at this size).
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+    /// Flush when the buffered rows hold about this many MiB.
+    #[serde(default = "default_max_mib")]
+    pub max_mib: usize,
+    /// Flush buffered rows at least this often (milliseconds).
+    #[serde(default = "default_flush_ms")]
+    pub flush_interval_ms: u64,
+    /// Rows per snapshot part file.
+    #[serde(default = "default_snapshot_part_rows")]
+    pub snapshot_part_rows: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_rows() -> usize {
+    200_000
+}
+fn default_max_mib() -> usize {
+    64
+}
+fn default_flush_ms() -> u64 {
+    5_000
+}
+fn default_snapshot_part_rows() -> usize {
+    500_000
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_rows: default_max_rows(),
+            max_mib: default_max_mib(),
+            flush_interval_ms: default_flush_ms(),
+            snapshot_part_rows: default_snapshot_part_rows(),
+        }
+    }
+}
+
+impl BatchConfig {
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+    pub fn max_bytes(&self) -> usize {
+        self.max_mib.saturating_mul(1 << 20)
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config> {
+        toml::from_str(text).map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("{origin}: {}", e.to_string().trim_end()),
+            )
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Config,
+                format!("cannot read config file {}", path.display()),
+                e,
+            )
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    pub fn slot(&self) -> String {
+        self.source
+            .slot
+            .clone()
+            .unwrap_or_else(|| default_object_name(&self.pipeline))
+    }
+
+    pub fn publication(&self) -> String {
+        self.source
+            .publication
+            .clone()
+            .unwrap_or_else(|| default_object_name(&self.pipeline))
+    }
+
+    pub fn tables(&self) -> Vec<TableId> {
+        self.source
+            .tables
+            .iter()
+            .map(|t| TableId::parse(t))
+            .collect()
+    }
+
+    pub fn output_url(&self) -> String {
+        self.output
+            .url
+            .clone()
+            .unwrap_or_else(|| "file://./tidemark-out".to_string())
+    }
+
+    /// Checks what can be checked without connecting.
+    pub fn validate(&self) -> Result<()> {
+        let p = &self.pipeline;
+        if p.is_empty()
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(Error::config(format!(
+                "pipeline name {p:?} is not valid: use letters, digits, '_' and '-'"
+            )));
+        }
+        if !(self.source.url.starts_with("postgres://")
+            || self.source.url.starts_with("postgresql://"))
+        {
+            return Err(Error::config(
+                "source.url must be a postgres:// URL, e.g. postgres://user@127.0.0.1:5432/dbname",
+            ));
+        }
+        let slot = self.slot();
+        if slot.len() > 63
+            || !slot
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(Error::config(format!(
+                "replication slot name {slot:?} is not valid: PostgreSQL allows lower-case letters, digits and '_' (at most 63); set source.slot"
+            )));
+        }
+        if self.batch.max_rows == 0 || self.batch.max_mib == 0 || self.batch.snapshot_part_rows == 0
+        {
+            return Err(Error::config(
+                "batch.max_rows, batch.max_mib and batch.snapshot_part_rows must be > 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_object_name(pipeline: &str) -> String {
+    let mut s: String = pipeline
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.insert_str(0, "tidemark_");
+    s.truncate(63);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml(
+            "pipeline = \"orders-Main\"\n[source]\nurl = \"postgres://u@127.0.0.1/db\"\ntables = [\"orders\", \"sales.items\"]\n",
+            "t",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.slot(), "tidemark_orders_main");
+        assert_eq!(
+            c.tables(),
+            vec![
+                TableId::new("public", "orders"),
+                TableId::new("sales", "items")
+            ]
+        );
+        assert!(c.source.snapshot);
+        assert_eq!(c.batch.max_rows, 200_000);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_names_are_clear_errors() {
+        let e = Config::from_toml(
+            "pipeline = \"p\"\n[source]\nurl = \"postgres://x\"\ntabels = []\n",
+            "cfg.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("tabels"), "{e}");
+        let c = Config::from_toml(
+            "pipeline = \"a b\"\n[source]\nurl = \"postgres://x\"\n",
+            "t",
+        )
+        .unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("pipeline name")
+        );
+        let c =
+            Config::from_toml("pipeline = \"p\"\n[source]\nurl = \"mysql://x\"\n", "t").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("postgres://")
+        );
+    }
+}

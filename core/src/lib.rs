@@ -1,0 +1,21 @@
+//! tidemark-core: change data capture from PostgreSQL into Athena-ready Parquet.
+//!
+//! Modules by domain: [`change`] (the change model), [`position`] (source positions),
+//! [`source`] (change sources), [`parquet`] (Arrow mapping and Parquet encoding), [`output`]
+//! (where objects go and how keys are named), [`store`] (position stores), [`pipeline`] (the
+//! drive loop and the commit protocol), [`config`].
+
+pub mod change;
+pub mod config;
+pub mod error;
+pub mod output;
+pub mod parquet;
+pub mod pipeline;
+pub mod position;
+pub mod source;
+pub mod store;
+
+pub use error::{Error, ErrorKind, Result};
+
+/// A boxed, sendable future: keeps the storage traits object-safe.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

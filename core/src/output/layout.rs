@@ -1,0 +1,137 @@
+//! Object keys. Keys derive only from the data (source, table, positions, part number) and the
+//! partition from the commit time, so replaying the same rows writes the same keys.
+//!
+//! ```text
+//! <prefix>/<source>/<schema>.<table>/snapshot/snapshot_id=<id>/part-NNNNN.parquet
+//! <prefix>/<source>/<schema>.<table>/changes/dt=YYYY-MM-DD/<first>_<last>.parquet
+//! ```
+//! `<first>`/`<last>` are `<pos>.<ord>` of the first and last row in the object, zero-padded so
+//! keys sort in source order.
+
+use crate::change::TableId;
+
+/// Key builder for one pipeline's output.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `<prefix>/<source>`, without a trailing slash (may be just `<source>`).
+    root: String,
+}
+
+impl Layout {
+    pub fn new(prefix: &str, source: &str) -> Self {
+        let prefix = prefix.trim_matches('/');
+        let source = escape(source);
+        let root = if prefix.is_empty() {
+            source
+        } else {
+            format!("{prefix}/{source}")
+        };
+        Layout { root }
+    }
+
+    pub fn table_prefix(&self, table: &TableId) -> String {
+        format!(
+            "{}/{}.{}/",
+            self.root,
+            escape(&table.schema),
+            escape(&table.name)
+        )
+    }
+
+    pub fn snapshot_prefix(&self, table: &TableId, snapshot_id: &str) -> String {
+        format!(
+            "{}snapshot/snapshot_id={}/",
+            self.table_prefix(table),
+            escape(snapshot_id)
+        )
+    }
+
+    pub fn snapshot_key(&self, table: &TableId, snapshot_id: &str, part: u32) -> String {
+        format!(
+            "{}part-{part:05}.parquet",
+            self.snapshot_prefix(table, snapshot_id)
+        )
+    }
+
+    /// `dt` is `YYYY-MM-DD` of the commit time (UTC).
+    pub fn change_key(
+        &self,
+        table: &TableId,
+        dt: &str,
+        first: (&str, u64),
+        last: (&str, u64),
+    ) -> String {
+        format!(
+            "{}changes/dt={dt}/{}.{:010}_{}.{:010}.parquet",
+            self.table_prefix(table),
+            first.0,
+            first.1,
+            last.0,
+            last.1
+        )
+    }
+}
+
+/// `YYYY-MM-DD` of a UTC timestamp in microseconds.
+pub fn date_partition(commit_ts_micros: i64) -> String {
+    let days = commit_ts_micros.div_euclid(86_400_000_000);
+    match chrono::NaiveDate::from_ymd_opt(1970, 1, 1)
+        .and_then(|d| d.checked_add_signed(chrono::TimeDelta::days(days)))
+    {
+        Some(d) => d.format("%Y-%m-%d").to_string(),
+        None => "1970-01-01".to_string(),
+    }
+}
+
+/// Percent-encodes everything but `[A-Za-z0-9_.-]` so that any identifier is one safe key segment.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && !out.is_empty()) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_deterministic_and_sortable() {
+        let l = Layout::new("/lake/", "pg-main");
+        let t = TableId::new("public", "orders");
+        assert_eq!(
+            l.change_key(
+                &t,
+                "2026-11-21",
+                ("00000000016B3748", 0),
+                ("00000000016B3748", 41)
+            ),
+            "lake/pg-main/public.orders/changes/dt=2026-11-21/00000000016B3748.0000000000_00000000016B3748.0000000041.parquet"
+        );
+        assert_eq!(
+            l.snapshot_key(&t, "00000000016B3748", 3),
+            "lake/pg-main/public.orders/snapshot/snapshot_id=00000000016B3748/part-00003.parquet"
+        );
+        assert_eq!(Layout::new("", "s").table_prefix(&t), "s/public.orders/");
+    }
+
+    #[test]
+    fn identifiers_are_escaped_to_one_segment() {
+        let l = Layout::new("", "s");
+        let t = TableId::new("my schema", "a/b");
+        assert_eq!(l.table_prefix(&t), "s/my%20schema.a%2Fb/");
+        assert_eq!(escape(".."), "%2E.");
+    }
+
+    #[test]
+    fn date_partition_from_commit_time() {
+        assert_eq!(date_partition(0), "1970-01-01");
+        assert_eq!(date_partition(-1), "1969-12-31");
+        assert_eq!(date_partition(1_795_000_000_000_000), "2026-11-18");
+    }
+}

@@ -1,0 +1,100 @@
+//! Where Parquet objects go and how their keys are named.
+//!
+//! Every implementation of [`ObjectOutput`] stores exactly the same keys: the local directory is
+//! a byte-for-byte preview of the S3 layout.
+
+pub mod layout;
+pub mod local;
+
+use crate::BoxFuture;
+use crate::error::Result;
+
+pub use layout::Layout;
+pub use local::LocalDir;
+
+/// An object store for the output files.
+///
+/// Contract: `put` is atomic and durable when it returns `Ok` (a reader never sees a partial
+/// object; a crash after `Ok` keeps it); `put` of an existing key replaces it; `delete` of a
+/// missing key is `Ok`; `list` returns every key under a prefix, sorted.
+pub trait ObjectOutput: Send + Sync {
+    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, Result<()>>;
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>>;
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>>;
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
+    /// For messages and `status`: `file:///...` or `s3://...`.
+    fn url(&self) -> String;
+}
+
+/// Opens an output from its URL (`file:///path` or a plain path).
+pub fn open(url: &str) -> Result<Box<dyn ObjectOutput>> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        return Ok(Box::new(LocalDir::new(rest)?));
+    }
+    if url.contains("://") {
+        return Err(crate::Error::config(format!(
+            "unsupported output {url:?}: use file:///path (S3 output is not available in this build yet)"
+        )));
+    }
+    Ok(Box::new(LocalDir::new(url)?))
+}
+
+/// The conformance suite every [`ObjectOutput`] implementation must pass.
+#[cfg(any(test, feature = "conformance"))]
+#[allow(clippy::unwrap_used)]
+pub mod conformance {
+    use super::ObjectOutput;
+
+    pub async fn run(out: &dyn ObjectOutput) {
+        let base = format!("conformance-{:x}", fastrand::u64(..));
+        let a = format!("{base}/t/changes/dt=2026-01-01/a.parquet");
+        let b = format!("{base}/t/changes/dt=2026-01-02/b.parquet");
+        let c = format!("{base}/u/snapshot/part-00000.parquet");
+
+        assert_eq!(
+            out.get(&a).await.unwrap(),
+            None,
+            "missing key reads as None"
+        );
+        out.put(&a, b"first".to_vec()).await.unwrap();
+        assert_eq!(out.get(&a).await.unwrap().as_deref(), Some(&b"first"[..]));
+        out.put(&a, b"second".to_vec()).await.unwrap();
+        assert_eq!(
+            out.get(&a).await.unwrap().as_deref(),
+            Some(&b"second"[..]),
+            "put replaces"
+        );
+        out.put(&b, vec![0u8; 3 << 20]).await.unwrap();
+        out.put(&c, Vec::new()).await.unwrap();
+        assert_eq!(
+            out.get(&c).await.unwrap().as_deref(),
+            Some(&b""[..]),
+            "empty objects exist"
+        );
+
+        assert_eq!(
+            out.list(&format!("{base}/t/")).await.unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+        assert_eq!(
+            out.list(&format!("{base}/")).await.unwrap(),
+            vec![a.clone(), b.clone(), c.clone()]
+        );
+        assert_eq!(
+            out.list(&format!("{base}/t/changes/dt=2026-01-0"))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(out.list(&format!("{base}/none/")).await.unwrap().is_empty());
+
+        out.delete(&a).await.unwrap();
+        out.delete(&a).await.unwrap();
+        assert_eq!(out.get(&a).await.unwrap(), None);
+        for k in [&b, &c] {
+            out.delete(k).await.unwrap();
+        }
+        assert!(out.list(&format!("{base}/")).await.unwrap().is_empty());
+    }
+}

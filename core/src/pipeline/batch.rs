@@ -1,0 +1,107 @@
+//! The batcher: rows of many tables buffered into per-(table, date partition) Arrow builders,
+//! encoded into one object each at flush.
+//!
+//! Contract: rows are pushed in source order; an object holds the rows of one table, one date
+//! partition and one schema version, in push order; its key names its first and last row.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::change::{RowMeta, SchemaRef, TableId, Value};
+use crate::error::Result;
+use crate::output::Layout;
+use crate::output::layout::date_partition;
+use crate::parquet::{self, TableBatchBuilder};
+
+struct Open {
+    builder: TableBatchBuilder,
+    first: (String, u64),
+    last: (String, u64),
+}
+
+/// Buffered rows of one batch.
+#[derive(Default)]
+pub struct Batch {
+    open: BTreeMap<(TableId, String), Open>,
+    rows: usize,
+    bytes: usize,
+    started: Option<Instant>,
+    last_commit_ts: Option<i64>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn approx_bytes(&self) -> usize {
+        self.bytes
+    }
+    /// When the first row of this batch was pushed.
+    pub fn started(&self) -> Option<Instant> {
+        self.started
+    }
+    /// Commit time of the last row pushed.
+    pub fn last_commit_ts(&self) -> Option<i64> {
+        self.last_commit_ts
+    }
+
+    /// Whether rows of `schema`'s table are buffered under a different schema version (the
+    /// caller flushes first, so one object never mixes schema versions).
+    pub fn schema_differs(&self, schema: &SchemaRef) -> bool {
+        self.open
+            .iter()
+            .filter(|((t, _), _)| *t == schema.id)
+            .any(|(_, o)| o.builder.schema() != schema && **o.builder.schema() != **schema)
+    }
+
+    pub fn push(&mut self, schema: &SchemaRef, meta: &RowMeta<'_>, values: &[Value]) -> Result<()> {
+        let dt = date_partition(meta.commit_ts);
+        let key = (schema.id.clone(), dt);
+        let open = self.open.entry(key).or_insert_with(|| Open {
+            builder: TableBatchBuilder::new(schema.clone()),
+            first: (meta.pos.to_string(), meta.ord),
+            last: (String::new(), 0),
+        });
+        let before = open.builder.approx_bytes();
+        open.builder.push(meta, values)?;
+        let after = open.builder.approx_bytes();
+        if open.last.0 != meta.pos {
+            open.last.0.clear();
+            open.last.0.push_str(meta.pos);
+        }
+        open.last.1 = meta.ord;
+        self.bytes = self.bytes + after - before.min(after);
+        self.rows += 1;
+        self.started.get_or_insert_with(Instant::now);
+        self.last_commit_ts = Some(meta.commit_ts);
+        Ok(())
+    }
+
+    /// Encodes every buffered table into one Parquet object each and empties the batch.
+    /// Objects come back sorted by key.
+    pub fn encode(&mut self, layout: &Layout) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut objects = Vec::with_capacity(self.open.len());
+        for ((table, dt), mut open) in std::mem::take(&mut self.open) {
+            if open.builder.is_empty() {
+                continue;
+            }
+            let batch = open.builder.finish()?;
+            let bytes = parquet::encode(open.builder.schema(), &[batch])?;
+            let key = layout.change_key(
+                &table,
+                &dt,
+                (&open.first.0, open.first.1),
+                (&open.last.0, open.last.1),
+            );
+            objects.push((key, bytes));
+        }
+        objects.sort_by(|a, b| a.0.cmp(&b.0));
+        self.rows = 0;
+        self.bytes = 0;
+        self.started = None;
+        Ok(objects)
+    }
+}

@@ -1,0 +1,215 @@
+//! The drive loop and the commit protocol.
+//!
+//! A batch covers source positions `(from, to]`. For each batch:
+//! 1. the objects are encoded (keys derive only from the rows: table, date partition of the
+//!    commit time, first and last position);
+//! 2. a write intent naming `(from, to, keys)` is saved, conditional on the checkpoint version;
+//! 3. the objects are written;
+//! 4. the position is committed as `to` and the intent cleared, conditionally;
+//! 5. only then is `to` acknowledged to the source.
+//!
+//! On start, an intent left behind by a crash is resolved first: its objects are deleted (they
+//! were never committed) and the source replays `(from, to]`, skipping rows the committed
+//! position covers. So the output holds every source row exactly once.
+
+pub mod batch;
+pub mod status;
+
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::output::ObjectOutput;
+use crate::store::{Checkpoint, PositionStore, SourcePosition, WriteIntent};
+
+pub use batch::Batch;
+pub use status::{PipelineState, StatusFile};
+
+/// Loads the checkpoint (creating it when missing) and resolves a left-over write intent.
+pub async fn load_and_recover(
+    store: &dyn PositionStore,
+    output: &dyn ObjectOutput,
+    pipeline: &str,
+) -> Result<Checkpoint> {
+    let cp = match store.load(pipeline).await? {
+        Some(cp) => cp,
+        None => {
+            let first = Checkpoint::new(pipeline).next();
+            store.save(None, &first).await?;
+            first
+        }
+    };
+    let Some(intent) = cp.intent.clone() else {
+        return Ok(cp);
+    };
+    tracing::warn!(
+        keys = intent.keys.len(),
+        to = %intent.to,
+        "found an unfinished batch from a previous run: deleting its uncommitted objects before replaying it"
+    );
+    for key in &intent.keys {
+        output.delete(key).await?;
+    }
+    let mut next = cp.next();
+    next.intent = None;
+    store.save(cp.expected(), &next).await?;
+    Ok(next)
+}
+
+/// Runs the intent → objects → commit protocol for one batch of encoded objects.
+/// Returns the new checkpoint. `objects` may be empty (the position still advances).
+pub async fn commit_batch(
+    store: &dyn PositionStore,
+    output: &dyn ObjectOutput,
+    cp: &Checkpoint,
+    objects: Vec<(String, Vec<u8>)>,
+    to: SourcePosition,
+    last_commit_ts: Option<i64>,
+) -> Result<Checkpoint> {
+    let mut cur = cp.clone();
+    if !objects.is_empty() {
+        let mut with_intent = cur.next();
+        with_intent.intent = Some(WriteIntent {
+            from: cur.position,
+            to,
+            keys: objects.iter().map(|(k, _)| k.clone()).collect(),
+        });
+        store.save(cur.expected(), &with_intent).await?;
+        cur = with_intent;
+        for (key, bytes) in objects {
+            output.put(&key, bytes).await?;
+        }
+    }
+    let mut committed = cur.next();
+    committed.position = Some(to);
+    committed.intent = None;
+    if last_commit_ts.is_some() {
+        committed.last_commit_ts = last_commit_ts;
+    }
+    store.save(cur.expected(), &committed).await?;
+    Ok(committed)
+}
+
+/// Retry policy for the binary's run loop: exponential backoff with jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    attempt: u32,
+    pub max_retries: u32,
+}
+
+impl Backoff {
+    pub fn new(max_retries: u32) -> Self {
+        Backoff {
+            attempt: 0,
+            max_retries,
+        }
+    }
+    /// The delay before the next retry, or `None` once `max_retries` is exhausted.
+    pub fn next_delay(&mut self) -> Option<Duration> {
+        if self.attempt >= self.max_retries {
+            return None;
+        }
+        self.attempt += 1;
+        let base = 500u64.saturating_mul(1 << self.attempt.min(6)).min(30_000);
+        Some(Duration::from_millis(
+            base / 2 + fastrand::u64(0..=base / 2),
+        ))
+    }
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+#[cfg(feature = "postgres")]
+pub use self::postgres::PgPipeline;
+
+/// Whether `Instant` `since` is older than `d`.
+fn elapsed(since: Option<Instant>, d: Duration) -> bool {
+    since.is_some_and(|s| s.elapsed() >= d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::LocalDir;
+    use crate::position::{Lsn, PgPosition};
+    use crate::store::LocalFileStore;
+
+    fn pos(l: u64) -> SourcePosition {
+        SourcePosition::Postgres(PgPosition::complete(Lsn(l), Lsn(l + 1)))
+    }
+
+    #[tokio::test]
+    async fn commit_then_recover_leaves_only_committed_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = LocalDir::new(dir.path().join("out")).unwrap();
+        let store = LocalFileStore::new(dir.path().join("state")).unwrap();
+
+        let cp = load_and_recover(&store, &out, "p").await.unwrap();
+        let cp = commit_batch(
+            &store,
+            &out,
+            &cp,
+            vec![("a/1.parquet".into(), b"1".to_vec())],
+            pos(10),
+            Some(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(cp.position, Some(pos(10)));
+        assert_eq!(cp.last_commit_ts, Some(5));
+
+        // Crash after intent + object write, before commit.
+        let mut with_intent = cp.next();
+        with_intent.intent = Some(WriteIntent {
+            from: cp.position,
+            to: pos(20),
+            keys: vec!["a/2.parquet".into()],
+        });
+        store.save(cp.expected(), &with_intent).await.unwrap();
+        out.put("a/2.parquet", b"2".to_vec()).await.unwrap();
+
+        let recovered = load_and_recover(&store, &out, "p").await.unwrap();
+        assert_eq!(recovered.intent, None);
+        assert_eq!(recovered.position, Some(pos(10)));
+        assert_eq!(
+            out.list("a/").await.unwrap(),
+            vec!["a/1.parquet".to_string()]
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_checkpoint_cannot_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = LocalDir::new(dir.path().join("out")).unwrap();
+        let store = LocalFileStore::new(dir.path().join("state")).unwrap();
+        let cp = load_and_recover(&store, &out, "p").await.unwrap();
+        commit_batch(&store, &out, &cp, vec![], pos(10), None)
+            .await
+            .unwrap();
+        let e = commit_batch(&store, &out, &cp, vec![], pos(20), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Conflict);
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_gives_up() {
+        let mut b = Backoff::new(3);
+        for _ in 0..3 {
+            let d = b.next_delay().unwrap();
+            assert!(d <= Duration::from_secs(30));
+        }
+        assert!(b.next_delay().is_none());
+        b.reset();
+        assert!(b.next_delay().is_some());
+    }
+
+    #[test]
+    fn elapsed_handles_none() {
+        assert!(!elapsed(None, Duration::ZERO));
+        assert!(elapsed(Some(Instant::now()), Duration::ZERO));
+    }
+}

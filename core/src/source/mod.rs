@@ -1,0 +1,4 @@
+//! Change sources.
+
+#[cfg(feature = "postgres")]
+pub mod postgres;

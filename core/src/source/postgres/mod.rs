@@ -1,0 +1,11 @@
+//! PostgreSQL logical replication source (pgoutput).
+
+pub mod catalog;
+pub mod check;
+pub mod connect;
+pub mod copy_text;
+pub mod pgoutput;
+pub mod replication;
+pub mod snapshot;
+pub mod stream;
+pub mod types;

@@ -1,0 +1,257 @@
+//! Position stores: where a pipeline's checkpoint lives.
+//!
+//! A [`Checkpoint`] is one record per pipeline: the durable source position, an in-progress
+//! snapshot, and the write intent of the batch being written. Every save is a compare-and-swap
+//! on [`Checkpoint::version`], so a stale writer can never overwrite a newer checkpoint, and a
+//! position never moves backwards.
+
+pub mod local;
+
+use serde::{Deserialize, Serialize};
+
+use crate::BoxFuture;
+use crate::change::TableId;
+use crate::error::{Error, Result};
+use crate::position::{Lsn, PgPosition};
+
+pub use local::LocalFileStore;
+
+/// A source position, tagged by source kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum SourcePosition {
+    Postgres(PgPosition),
+}
+
+impl SourcePosition {
+    /// `Some(ordering)` when both positions come from the same kind of source.
+    pub fn partial_cmp_same_source(&self, other: &SourcePosition) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (SourcePosition::Postgres(a), SourcePosition::Postgres(b)) => Some(a.cmp(b)),
+        }
+    }
+}
+
+impl std::fmt::Display for SourcePosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourcePosition::Postgres(p) => write!(f, "postgres {p}"),
+        }
+    }
+}
+
+/// Objects about to be written for the batch `(from, to]`. Recorded before the first object is
+/// written and cleared by the commit that moves the position to `to`; one left behind names
+/// exactly the objects a crash may have left uncommitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteIntent {
+    pub from: Option<SourcePosition>,
+    pub to: SourcePosition,
+    pub keys: Vec<String>,
+}
+
+/// A consistent initial snapshot in progress (or finished, with `done`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotProgress {
+    /// Names the snapshot's objects: `snapshot_id=<id>`.
+    pub snapshot_id: String,
+    /// The slot's consistent point: rows copied are exactly those committed before it.
+    pub consistent_point: Lsn,
+    /// Tables whose copy is complete and durable.
+    pub tables_done: Vec<TableId>,
+    pub done: bool,
+}
+
+/// One pipeline's durable state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub pipeline: String,
+    /// Bumped by every save; the compare-and-swap token.
+    pub version: u64,
+    /// Everything at or before this position is durable in the output.
+    pub position: Option<SourcePosition>,
+    #[serde(default)]
+    pub snapshot: Option<SnapshotProgress>,
+    #[serde(default)]
+    pub intent: Option<WriteIntent>,
+    /// Commit time (UNIX micros) of the last row covered by `position`: the basis of lag in seconds.
+    #[serde(default)]
+    pub last_commit_ts: Option<i64>,
+    /// Wall-clock time of this save, RFC 3339.
+    pub updated_at: String,
+}
+
+impl Checkpoint {
+    pub fn new(pipeline: &str) -> Self {
+        Checkpoint {
+            pipeline: pipeline.to_string(),
+            version: 0,
+            position: None,
+            snapshot: None,
+            intent: None,
+            last_commit_ts: None,
+            updated_at: now_rfc3339(),
+        }
+    }
+
+    /// The next version of this checkpoint, to be saved with `expected = Some(self.version)`
+    /// (or `None` when `self` was never saved, i.e. `version == 0`).
+    pub fn next(&self) -> Checkpoint {
+        let mut n = self.clone();
+        n.version = self.version + 1;
+        n.updated_at = now_rfc3339();
+        n
+    }
+
+    /// The `expected` argument of [`PositionStore::save`] for the successor of `self`.
+    pub fn expected(&self) -> Option<u64> {
+        (self.version > 0).then_some(self.version)
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Checks that `next` may replace `prev`: versions chain, the pipeline matches, and the position
+/// does not move backwards. Every store calls it inside its conditional write.
+pub fn check_transition(
+    prev: Option<&Checkpoint>,
+    expected: Option<u64>,
+    next: &Checkpoint,
+) -> Result<()> {
+    let stored = prev.map(|p| p.version);
+    if stored != expected {
+        return Err(Error::conflict(format!(
+            "checkpoint of pipeline {:?} changed underneath this worker (expected version {:?}, stored {:?}): \
+             another worker is running this pipeline",
+            next.pipeline, expected, stored
+        )));
+    }
+    if next.version != expected.unwrap_or(0) + 1 {
+        return Err(Error::fatal(format!(
+            "checkpoint version must advance by one (got {})",
+            next.version
+        )));
+    }
+    if let (Some(p), Some(old), Some(new)) = (prev, prev.and_then(|p| p.position), next.position) {
+        match old.partial_cmp_same_source(&new) {
+            Some(std::cmp::Ordering::Greater) => {
+                return Err(Error::fatal(format!(
+                    "refusing to move pipeline {:?} back from {old} to {new}",
+                    p.pipeline
+                )));
+            }
+            None => {
+                return Err(Error::config(format!(
+                    "pipeline {:?} has a {old} position but this run uses another source kind: use a new pipeline name",
+                    p.pipeline
+                )));
+            }
+            _ => {}
+        }
+    }
+    if prev.and_then(|p| p.position).is_some() && next.position.is_none() {
+        return Err(Error::fatal("refusing to clear a committed position"));
+    }
+    Ok(())
+}
+
+/// Durable, conditional storage of checkpoints.
+///
+/// Contract: `save` stores `next` only if the stored version equals `expected` (`None`: nothing
+/// stored yet) and [`check_transition`] allows it; otherwise it fails with
+/// [`crate::ErrorKind::Conflict`] and stores nothing. A save that returned `Ok` survives a crash.
+pub trait PositionStore: Send + Sync {
+    fn load<'a>(&'a self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<Checkpoint>>>;
+    fn save<'a>(&'a self, expected: Option<u64>, next: &'a Checkpoint)
+    -> BoxFuture<'a, Result<()>>;
+    /// Removes a pipeline's checkpoint (`tidemark reset`).
+    fn delete<'a>(&'a self, pipeline: &'a str) -> BoxFuture<'a, Result<()>>;
+    fn url(&self) -> String;
+}
+
+/// Opens a store from its URL: `file:///dir`, a plain directory, or empty for the default
+/// state directory ([`local::default_state_dir`]).
+pub fn open(url: Option<&str>) -> Result<Box<dyn PositionStore>> {
+    match url {
+        None | Some("") => Ok(Box::new(LocalFileStore::new(local::default_state_dir()?)?)),
+        Some(u) if u.starts_with("file://") => {
+            Ok(Box::new(LocalFileStore::new(&u["file://".len()..])?))
+        }
+        Some(u) if u.contains("://") => Err(Error::config(format!(
+            "unsupported position store {u:?}: use file:///dir (DynamoDB is not available in this build yet)"
+        ))),
+        Some(u) => Ok(Box::new(LocalFileStore::new(u)?)),
+    }
+}
+
+/// The conformance suite every [`PositionStore`] implementation must pass.
+#[cfg(any(test, feature = "conformance"))]
+#[allow(clippy::unwrap_used)]
+pub mod conformance {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn pos(lsn: u64) -> Option<SourcePosition> {
+        Some(SourcePosition::Postgres(PgPosition::complete(
+            Lsn(lsn),
+            Lsn(lsn + 8),
+        )))
+    }
+
+    pub async fn run(store: &dyn PositionStore) {
+        let p = format!("conformance-{:x}", fastrand::u64(..));
+        assert_eq!(store.load(&p).await.unwrap(), None);
+
+        let first = Checkpoint::new(&p).next();
+        store.save(None, &first).await.unwrap();
+        assert_eq!(store.load(&p).await.unwrap().as_ref(), Some(&first));
+        let again = store.save(None, &first).await.unwrap_err();
+        assert_eq!(again.kind(), ErrorKind::Conflict, "create is conditional");
+
+        let mut intent = first.next();
+        intent.intent = Some(WriteIntent {
+            from: None,
+            to: pos(100).unwrap(),
+            keys: vec!["a/b.parquet".into()],
+        });
+        store.save(first.expected(), &intent).await.unwrap();
+        assert_eq!(store.load(&p).await.unwrap().unwrap().intent, intent.intent);
+
+        let mut committed = intent.next();
+        committed.position = pos(100);
+        committed.intent = None;
+        committed.last_commit_ts = Some(1_700_000_000_000_000);
+        store.save(intent.expected(), &committed).await.unwrap();
+
+        // A stale writer (still holding `intent`) cannot overwrite.
+        let mut stale = intent.next();
+        stale.position = pos(200);
+        assert_eq!(
+            store
+                .save(intent.expected(), &stale)
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Conflict
+        );
+        assert_eq!(store.load(&p).await.unwrap().as_ref(), Some(&committed));
+
+        // Positions never move backwards.
+        let mut back = committed.next();
+        back.position = pos(50);
+        assert!(store.save(committed.expected(), &back).await.is_err());
+        let mut fwd = committed.next();
+        fwd.position = pos(300);
+        store.save(committed.expected(), &fwd).await.unwrap();
+        assert_eq!(store.load(&p).await.unwrap().unwrap().position, pos(300));
+
+        // Pipelines are independent.
+        assert_eq!(store.load(&format!("{p}-other")).await.unwrap(), None);
+
+        store.delete(&p).await.unwrap();
+        assert_eq!(store.load(&p).await.unwrap(), None);
+        store.delete(&p).await.unwrap();
+    }
+}

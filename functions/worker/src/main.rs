@@ -1,0 +1,518 @@
+//! `tidemark`: capture PostgreSQL changes into Athena-ready Parquet.
+//!
+//! The same binary is the local CLI and the ECS task.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tidemark_core::config::Config;
+use tidemark_core::pipeline::{Backoff, PgPipeline, PipelineState, StatusFile};
+use tidemark_core::source::postgres::{catalog, check, connect};
+use tidemark_core::store;
+use tidemark_core::{ErrorKind, output};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "tidemark",
+    version,
+    about = "Change data capture from PostgreSQL into Athena-ready Parquet",
+    long_about = "Change data capture from PostgreSQL into Athena-ready Parquet.\n\n\
+        A pipeline copies the tables of a publication once (a consistent snapshot) and then streams\n\
+        every committed change from a logical replication slot into Parquet files laid out for Athena\n\
+        (hive-style dt= partitions). Its position is committed only after the files it covers are\n\
+        durable, so a crash or kill at any moment loses nothing and duplicates nothing.\n\n\
+        Settings come from a TOML file (--config), overridden by flags and TIDEMARK_* variables.\n\
+        Example:\n  tidemark run --pipeline demo --source-url postgres://user@127.0.0.1:5432/app \\\n      --table public.orders --output file:///tmp/lake"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format: text on a terminal, json otherwise (for CloudWatch/ECS).
+    #[arg(long, global = true, env = "TIDEMARK_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Snapshot (first run) then stream changes until Ctrl-C/SIGTERM, which flushes and commits.
+    Run(RunArgs),
+    /// Show state, committed position, lag (bytes, seconds) and WAL retained by the slot.
+    Status {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Preflight: wal_level, free slots and WAL senders, REPLICATION privilege, keys and replica identity.
+    Check {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Forget a pipeline's position (and drop its slot), so the next run takes a new snapshot.
+    Reset {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Also drop the replication slot and publication.
+        #[arg(long)]
+        drop_slot: bool,
+        /// Confirm: the next run writes a new snapshot.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct PipelineArgs {
+    /// TOML config file (see README); flags and environment override it.
+    #[arg(short, long, env = "TIDEMARK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Pipeline name: names the checkpoint, slot, publication and output folder.
+    #[arg(long, env = "TIDEMARK_PIPELINE")]
+    pipeline: Option<String>,
+    /// Source URL, postgres://user[:password]@host:port/db (password also from TIDEMARK_SOURCE_PASSWORD).
+    #[arg(long, env = "TIDEMARK_SOURCE_URL", hide_env_values = true)]
+    source_url: Option<String>,
+    /// Table to capture (schema.table); repeat for more. Default: the config's list, else all tables.
+    #[arg(long = "table", value_name = "TABLE")]
+    tables: Vec<String>,
+    /// Output: file:///path (default ./tidemark-out).
+    #[arg(long, env = "TIDEMARK_OUTPUT")]
+    output: Option<String>,
+    /// Position store: file:///dir (default $TIDEMARK_STATE_HOME, $XDG_STATE_HOME/tidemark, ~/.local/state/tidemark).
+    #[arg(long, env = "TIDEMARK_POSITIONS")]
+    positions: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// Skip the initial copy: stream only changes made after the slot is created.
+    #[arg(long)]
+    no_snapshot: bool,
+    /// Flush buffered rows at least this often, in milliseconds.
+    #[arg(long, env = "TIDEMARK_FLUSH_INTERVAL_MS")]
+    flush_interval_ms: Option<u64>,
+    /// Flush when this many rows are buffered.
+    #[arg(long, env = "TIDEMARK_MAX_BATCH_ROWS")]
+    max_batch_rows: Option<usize>,
+    /// Retries of a lost connection before giving up (state ERROR).
+    #[arg(long, default_value_t = 10, env = "TIDEMARK_MAX_RETRIES")]
+    max_retries: u32,
+    /// Stop after this many seconds (flush, commit, exit 0). For demos and benchmarks.
+    #[arg(long)]
+    stop_after_secs: Option<u64>,
+    /// Stop once the committed position reaches the server's current WAL position at start-up.
+    #[arg(long)]
+    until_caught_up: bool,
+}
+
+impl PipelineArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => {
+                let pipeline = self.pipeline.clone().context(
+                    "no pipeline given: pass --config FILE, or --pipeline NAME with --source-url URL",
+                )?;
+                let url = self
+                    .source_url
+                    .clone()
+                    .context("no source given: pass --source-url postgres://...")?;
+                Config::from_toml(
+                    &format!(
+                        "pipeline = {}\n[source]\nurl = {}\n",
+                        toml_str(&pipeline),
+                        toml_str(&url)
+                    ),
+                    "flags",
+                )?
+            }
+        };
+        if let Some(p) = &self.pipeline {
+            cfg.pipeline = p.clone();
+        }
+        if let Some(u) = &self.source_url {
+            cfg.source.url = u.clone();
+        }
+        if !self.tables.is_empty() {
+            cfg.source.tables = self.tables.clone();
+        }
+        if let Some(o) = &self.output {
+            cfg.output.url = Some(o.clone());
+        }
+        if let Some(p) = &self.positions {
+            cfg.positions.url = Some(p.clone());
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+fn init_logging(format: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TIDEMARK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        Some(f) => f == "json",
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format.as_deref());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(dispatch(cli.command));
+    if let Some(peak_rss_mib) = peak_rss_mib() {
+        tracing::info!(peak_rss_mib, "exiting");
+    }
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let (msg, config) = match e.downcast_ref::<tidemark_core::Error>() {
+                Some(te) => (te.one_line(), te.kind() == ErrorKind::Config),
+                None => (format!("{e:#}"), false),
+            };
+            eprintln!("error: {msg}");
+            if config {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Run(args) => run(args).await,
+        Command::Status { pipeline, json } => status(&pipeline.config()?, json).await,
+        Command::Check { pipeline } => check(&pipeline.config()?).await,
+        Command::Reset {
+            pipeline,
+            drop_slot,
+            yes,
+        } => reset(&pipeline.config()?, drop_slot, yes).await,
+    }
+}
+
+/// Turns SIGTERM / Ctrl-C into a shutdown request; a second one exits at once.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        for n in 0..2 {
+            #[cfg(unix)]
+            let sigterm = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let sigterm = std::future::pending::<()>();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = sigterm => {},
+            }
+            if n == 0 {
+                tracing::info!(
+                    "stop requested: flushing, committing and exiting (signal again to abort)"
+                );
+                let _ = tx.send(true);
+            } else {
+                eprintln!("aborted: the next run resumes from the last committed position");
+                std::process::exit(130);
+            }
+        }
+    });
+    rx
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = args.pipeline.config()?;
+    if args.no_snapshot {
+        cfg.source.snapshot = false;
+    }
+    if let Some(ms) = args.flush_interval_ms {
+        cfg.batch.flush_interval_ms = ms;
+    }
+    if let Some(n) = args.max_batch_rows {
+        cfg.batch.max_rows = n;
+    }
+    cfg.validate()?;
+    let output = output::open(&cfg.output_url())?;
+    let state_dir = state_dir(&cfg)?;
+    let store = store::open(cfg.positions.url.as_deref())?;
+    tracing::info!(pipeline = %cfg.pipeline, output = %output.url(), positions = %store.url(), "starting");
+
+    let mut shutdown = shutdown_signal();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Fan in: signals, --stop-after-secs, --until-caught-up.
+    {
+        let stop_tx = stop_tx.clone();
+        let mut sig = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = sig.wait_for(|v| *v).await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    if let Some(secs) = args.stop_after_secs {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    let stop_at = if args.until_caught_up {
+        Some(current_wal_lsn(&cfg).await?)
+    } else {
+        None
+    };
+
+    let mut pipeline = PgPipeline {
+        config: cfg.clone(),
+        output,
+        store,
+        progress: std::io::stderr().is_terminal(),
+        status: Some(StatusFile::new(&state_dir, &cfg.pipeline)),
+        stop_at,
+    };
+    let mut backoff = Backoff::new(args.max_retries);
+    loop {
+        let started = Instant::now();
+        match pipeline.run(stop_rx.clone()).await {
+            Ok(()) => return Ok(ExitCode::SUCCESS),
+            Err(e) if e.is_retryable() && !*stop_rx.borrow() => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff.reset();
+                }
+                let Some(delay) = backoff.next_delay() else {
+                    set_state(&mut pipeline, PipelineState::Error, Some(e.one_line()));
+                    anyhow::bail!(
+                        "giving up after {} retries: {}",
+                        backoff.max_retries,
+                        e.one_line()
+                    );
+                };
+                tracing::warn!(error = %e.one_line(), retry_in_ms = delay.as_millis() as u64, "connection lost; reconnecting");
+                set_state(
+                    &mut pipeline,
+                    PipelineState::Reconnecting,
+                    Some(e.one_line()),
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait_for(|v| *v) => return Ok(ExitCode::SUCCESS),
+                }
+            }
+            Err(e) => {
+                set_state(&mut pipeline, PipelineState::Error, Some(e.one_line()));
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+fn set_state(p: &mut PgPipeline, state: PipelineState, err: Option<String>) {
+    if let Some(s) = &mut p.status {
+        s.set_state(state, err);
+    }
+}
+
+/// The server's current WAL position: `--until-caught-up` stops once everything up to it is durable.
+async fn current_wal_lsn(cfg: &Config) -> anyhow::Result<tidemark_core::position::Lsn> {
+    let pg = connect::parse_url(&cfg.source.url)?;
+    let client = connect::sql_connect(&pg, "tidemark-status").await?;
+    let lsn: String = client
+        .query_one("select pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+    Ok(lsn.parse()?)
+}
+
+fn state_dir(cfg: &Config) -> anyhow::Result<PathBuf> {
+    Ok(match cfg.positions.url.as_deref() {
+        Some(u) if u.starts_with("file://") => PathBuf::from(&u["file://".len()..]),
+        Some(u) if !u.is_empty() && !u.contains("://") => PathBuf::from(u),
+        _ => store::local::default_state_dir()?,
+    })
+}
+
+async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let store = store::open(cfg.positions.url.as_deref())?;
+    let cp = store.load(&cfg.pipeline).await?;
+    let report = StatusFile::read(&state_dir(cfg)?, &cfg.pipeline)?;
+    let pg = connect::parse_url(&cfg.source.url)?;
+    let (slot, server_error) = match connect::sql_connect(&pg, "tidemark-status").await {
+        Ok(client) => (catalog::slot_info(&client, &cfg.slot()).await?, None),
+        Err(e) => (None, Some(e.one_line())),
+    };
+    let now_us = chrono_now_micros();
+    let lag_seconds = match (&slot, cp.as_ref().and_then(|c| c.last_commit_ts)) {
+        (Some(s), Some(ts)) if s.ack_lag_bytes.unwrap_or(0) > 0 => {
+            Some(((now_us - ts).max(0) as f64) / 1e6)
+        }
+        (Some(_), Some(_)) => Some(0.0),
+        _ => None,
+    };
+    let state = match (&report, &slot) {
+        (Some(r), Some(s)) if s.active_pid.is_some() || r.state == PipelineState::Error => {
+            format!("{:?}", r.state).to_uppercase()
+        }
+        (Some(r), _) if r.state == PipelineState::Error => "ERROR".into(),
+        (_, _) if cp.as_ref().is_some_and(|c| c.position.is_some()) => "STOPPED".into(),
+        _ => "NEW".into(),
+    };
+    let doc = serde_json::json!({
+        "pipeline": cfg.pipeline,
+        "state": state,
+        "position": cp.as_ref().and_then(|c| c.position).map(|p| p.to_string()),
+        "pending_intent": cp.as_ref().and_then(|c| c.intent.as_ref()).map(|i| i.keys.len()),
+        "snapshot": cp.as_ref().and_then(|c| c.snapshot.clone()),
+        "updated_at": cp.as_ref().map(|c| c.updated_at.clone()),
+        "lag_bytes": slot.as_ref().and_then(|s| s.ack_lag_bytes),
+        "lag_seconds": lag_seconds,
+        "slot": cfg.slot(),
+        "slot_active_pid": slot.as_ref().and_then(|s| s.active_pid),
+        "slot_wal_retained_bytes": slot.as_ref().and_then(|s| s.wal_retained_bytes),
+        "slot_wal_status": slot.as_ref().and_then(|s| s.wal_status.clone()),
+        "rows_written_this_run": report.as_ref().map(|r| r.rows_written),
+        "last_error": report.as_ref().and_then(|r| r.last_error.clone()),
+        "source_error": server_error,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let show = |k: &str| match &doc[k] {
+            serde_json::Value::Null => "-".to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        println!("pipeline        {}", show("pipeline"));
+        println!("state           {}", show("state"));
+        println!("position        {}", show("position"));
+        println!(
+            "lag             {} bytes, {} s",
+            show("lag_bytes"),
+            show("lag_seconds")
+        );
+        println!(
+            "slot            {} (WAL retained {} bytes, {})",
+            show("slot"),
+            show("slot_wal_retained_bytes"),
+            show("slot_wal_status")
+        );
+        println!("updated         {}", show("updated_at"));
+        if let Some(e) = doc["last_error"].as_str() {
+            println!("last error      {e}");
+        }
+        if let Some(e) = doc["source_error"].as_str() {
+            println!("source          unreachable: {e}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+fn chrono_now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {
+    let pg = connect::parse_url(&cfg.source.url)?;
+    let client = connect::sql_connect(&pg, "tidemark-check").await?;
+    let findings = check::run(&client, &cfg.slot(), &cfg.publication(), &cfg.tables()).await?;
+    let mut failed = false;
+    for f in &findings {
+        let tag = match f.level {
+            check::Level::Ok => "ok  ",
+            check::Level::Warning => "warn",
+            check::Level::Error => {
+                failed = true;
+                "FAIL"
+            }
+        };
+        println!("{tag}  {:<22} {}", f.check, f.message);
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn reset(cfg: &Config, drop_slot: bool, yes: bool) -> anyhow::Result<ExitCode> {
+    if !yes {
+        anyhow::bail!(
+            "reset forgets the position of pipeline {:?}; the next run writes a new snapshot. Pass --yes to confirm",
+            cfg.pipeline
+        );
+    }
+    let store = store::open(cfg.positions.url.as_deref())?;
+    store.delete(&cfg.pipeline).await?;
+    if drop_slot {
+        let pg = connect::parse_url(&cfg.source.url)?;
+        let client = connect::sql_connect(&pg, "tidemark-reset").await?;
+        client
+            .execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1",
+                &[&cfg.slot()],
+            )
+            .await?;
+        client
+            .batch_execute(&format!(
+                "drop publication if exists {}",
+                catalog::quote_ident(&cfg.publication())
+            ))
+            .await?;
+    }
+    println!("pipeline {} reset", cfg.pipeline);
+    Ok(ExitCode::SUCCESS)
+}

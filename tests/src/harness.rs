@@ -1,0 +1,322 @@
+//! Harness for end-to-end tests: the real PostgreSQL of `infra/local/stack`, the real
+//! `tidemark` binary, and DuckDB as the independent Parquet reader.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the local stack with `infra/local/stack up` and `eval \"$(infra/local/stack env)\"`, or run `infra/local/test`")
+    })
+}
+
+pub fn pg_url() -> String {
+    env("TIDEMARK_PG_URL")
+}
+
+pub fn bin() -> PathBuf {
+    let p = std::env::var("TIDEMARK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tidemark"));
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build -p tidemark-worker` (infra/local/test does)",
+        p.display()
+    );
+    p
+}
+
+/// A SQL session as the test user (owner of the tables it creates).
+pub async fn sql() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the local PostgreSQL (is `infra/local/stack up` running?)");
+    tokio::spawn(conn);
+    client
+}
+
+/// One pipeline under test: its own tables, slot, output and state directories.
+pub struct Scenario {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Scenario {
+    pub fn new(prefix: &str) -> Self {
+        let name = format!("{prefix}_{:x}", fastrand::u32(..));
+        Scenario {
+            name,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `tidemark <args>` for this pipeline, capturing the given tables.
+    pub fn command(&self, sub: &str, tables: &[&str], extra: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg(sub)
+            .arg("--pipeline")
+            .arg(&self.name)
+            .arg("--source-url")
+            .arg(pg_url())
+            .env("TIDEMARK_STATE_HOME", self.state())
+            .env("TIDEMARK_LOG_FORMAT", "json")
+            .env("TIDEMARK_LOG", "info");
+        if sub == "run" {
+            c.arg("--output")
+                .arg(format!("file://{}", self.out().display()));
+        }
+        for t in tables {
+            c.arg("--table").arg(t);
+        }
+        c.args(extra);
+        c
+    }
+
+    /// Runs until everything committed before the call is durable; panics on failure.
+    pub fn run_until_caught_up(&self, tables: &[&str]) -> Output {
+        let out = self
+            .command(
+                "run",
+                tables,
+                &["--until-caught-up", "--flush-interval-ms", "300"],
+            )
+            .output()
+            .expect("spawn tidemark");
+        assert!(
+            out.status.success(),
+            "tidemark run failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn spawn_run(&self, tables: &[&str], extra: &[&str]) -> Child {
+        self.command("run", tables, extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tidemark")
+    }
+
+    /// Rows of `table`'s output (snapshot and changes) as JSON objects, in source order.
+    pub fn output_rows(&self, table: &str, columns: &str) -> Vec<Json> {
+        let root = format!("{}/{}/{}", self.out().display(), self.name, table);
+        let snapshot = format!("{root}/snapshot/**/*.parquet");
+        let changes = format!("{root}/changes/**/*.parquet");
+        let read = |glob: &str| {
+            let any = glob::matches(glob);
+            if any {
+                format!("select * from read_parquet('{glob}', union_by_name = true)")
+            } else {
+                String::new()
+            }
+        };
+        let parts: Vec<String> = [read(&snapshot), read(&changes)]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
+        if parts.is_empty() {
+            return Vec::new();
+        }
+        duckdb(&format!(
+            "select {columns} from ({}) order by _pos, _ord",
+            parts.join(" union all by name ")
+        ))
+    }
+
+    /// Drops the slot and publication this scenario created.
+    pub async fn cleanup(&self, client: &tokio_postgres::Client) {
+        let slot = format!("tidemark_{}", self.name);
+        for _ in 0..50 {
+            let r = client
+                .query(
+                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active",
+                    &[&slot],
+                )
+                .await;
+            let left = client
+                .query_one(
+                    "select count(*) from pg_replication_slots where slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(0);
+            if r.is_ok() && left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = client
+            .batch_execute(&format!("drop publication if exists \"{slot}\""))
+            .await;
+    }
+}
+
+mod glob {
+    /// Whether any `.parquet` file exists below the part of `pattern` before `/**`.
+    pub fn matches(pattern: &str) -> bool {
+        let dir = pattern.split("/**").next().unwrap_or(pattern);
+        fn any(p: &std::path::Path) -> bool {
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten().any(|e| {
+                        let path = e.path();
+                        if path.is_dir() {
+                            any(&path)
+                        } else {
+                            path.extension().is_some_and(|x| x == "parquet")
+                        }
+                    })
+                })
+                .unwrap_or(false)
+        }
+        any(std::path::Path::new(dir))
+    }
+}
+
+/// Runs a query in DuckDB (the independent reader) and returns its rows as JSON objects.
+pub fn duckdb(sql: &str) -> Vec<Json> {
+    let python = env("TIDEMARK_PYTHON");
+    let script = r#"
+import sys, json, duckdb, decimal, datetime
+def conv(v):
+    if isinstance(v, decimal.Decimal): return str(v)
+    if isinstance(v, (datetime.date, datetime.datetime, datetime.time)): return v.isoformat()
+    if isinstance(v, bytes): return v.hex()
+    if isinstance(v, float) and v != v: return "NaN"
+    if isinstance(v, float) and v in (float("inf"), float("-inf")): return str(v)
+    if isinstance(v, list): return [conv(x) for x in v]
+    return v
+con = duckdb.connect()
+con.execute("set TimeZone = 'UTC'")
+cur = con.execute(sys.stdin.read())
+cols = [d[0] for d in cur.description]
+print(json.dumps([{c: conv(v) for c, v in zip(cols, row)} for row in cur.fetchall()]))
+"#;
+    let mut child = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(sql.as_bytes()).expect("write sql");
+    }
+    let out = child.wait_with_output().expect("duckdb");
+    assert!(
+        out.status.success(),
+        "duckdb failed: {}\nSQL: {sql}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("duckdb json")
+}
+
+/// Checks the exactly-once invariant on a table whose rows carry a version `v` that every
+/// update increments by one: per key, the output's row images (in source order) are the
+/// snapshot or insert followed by consecutive versions with none missing and none repeated,
+/// optionally ending in a delete; and the last image of every live key equals the source row.
+/// Returns the number of output rows checked.
+pub async fn assert_exactly_once(
+    s: &Scenario,
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> usize {
+    let rows = s.output_rows(&format!("public.{table}"), "id, v, _op, _pos, _ord");
+    let mut per_key: std::collections::BTreeMap<i64, Vec<(i64, String)>> = Default::default();
+    let mut seen_pos = std::collections::HashSet::new();
+    for r in &rows {
+        let pos = (
+            r["_pos"].as_str().unwrap_or_default().to_string(),
+            r["_ord"].as_i64().unwrap_or(-1),
+        );
+        assert!(
+            seen_pos.insert(pos.clone()),
+            "duplicate row position {pos:?}"
+        );
+        let id = r["id"].as_i64().expect("id");
+        per_key.entry(id).or_default().push((
+            r["v"].as_i64().unwrap_or(-1),
+            r["_op"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    let source: std::collections::BTreeMap<i64, i64> = client
+        .query(&format!("select id::int8, v::int8 from {table}"), &[])
+        .await
+        .expect("source rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (id, hist) in &per_key {
+        let mut expect_v: Option<i64> = None;
+        for (i, (v, op)) in hist.iter().enumerate() {
+            match op.as_str() {
+                "R" => assert_eq!(i, 0, "id {id}: snapshot row after other rows: {hist:?}"),
+                "I" => {
+                    assert!(
+                        i == 0 || hist[i - 1].1 == "D",
+                        "id {id}: insert of a live key: {hist:?}"
+                    );
+                    assert_eq!(*v, 0, "id {id}: insert with v={v}: {hist:?}");
+                }
+                "U" => assert_eq!(
+                    Some(*v),
+                    expect_v,
+                    "id {id}: version gap or duplicate: {hist:?}"
+                ),
+                "D" => {
+                    // Under REPLICA IDENTITY DEFAULT a delete carries the key only (v unavailable).
+                    assert!(
+                        *v == -1 || Some(*v) == expect_v.map(|e| e - 1),
+                        "id {id}: delete image out of order: {hist:?}"
+                    );
+                    expect_v = None;
+                    continue;
+                }
+                other => panic!("id {id}: unexpected op {other}"),
+            }
+            expect_v = Some(v + 1);
+        }
+        let last = hist.last().expect("non-empty");
+        match source.get(id) {
+            Some(sv) => {
+                assert_ne!(
+                    last.1, "D",
+                    "id {id} is live in the source but deleted in the output"
+                );
+                assert_eq!(
+                    last.0, *sv,
+                    "id {id}: output ends at v={} but the source has v={sv}: {hist:?}",
+                    last.0
+                );
+            }
+            None => assert_eq!(
+                last.1, "D",
+                "id {id} was deleted in the source but not in the output: {hist:?}"
+            ),
+        }
+    }
+    for id in source.keys() {
+        assert!(
+            per_key.contains_key(id),
+            "id {id} is in the source but missing from the output"
+        );
+    }
+    rows.len()
+}

@@ -1,0 +1,4 @@
+//! Support for end-to-end tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod harness;
