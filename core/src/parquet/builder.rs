@@ -178,12 +178,21 @@ impl TableBatchBuilder {
         arrays.push(Arc::new(self.ord.finish()));
         arrays.push(Arc::new(self.commit_ts.finish()));
         arrays.push(Arc::new(self.xid.finish()));
-        arrays.push(self.unavailable.finish()?);
-        for b in &mut self.columns {
-            arrays.push(b.finish()?);
+        // Every builder is reset even if one fails, so the builder stays usable.
+        let mut failed = None;
+        let parts = std::iter::once(self.unavailable.finish())
+            .chain(self.columns.iter_mut().map(ColumnBuilder::finish));
+        for part in parts {
+            match part {
+                Ok(a) => arrays.push(a),
+                Err(e) => failed = failed.or(Some(e)),
+            }
         }
         self.len = 0;
         self.bytes = 0;
+        if let Some(e) = failed {
+            return Err(e.context(format_args!("table {}", self.schema.id)));
+        }
         RecordBatch::try_new(self.arrow.clone(), arrays).map_err(|e| {
             Error::with_source(
                 crate::error::ErrorKind::Fatal,
@@ -612,6 +621,12 @@ mod tests {
         );
         let xs = batch.column(9).as_list::<i32>();
         assert_eq!(xs.value_offsets(), &[0, 1, 2]);
+    }
+
+    #[test]
+    fn builder_is_send() {
+        fn send<T: Send>() {}
+        send::<TableBatchBuilder>();
     }
 
     #[test]

@@ -102,6 +102,7 @@ impl PgPipeline {
             cp,
             layout,
             acked,
+            server_wal_end: Lsn::ZERO,
         };
         let flush_every = self.config.batch.flush_interval();
         let mut tick = tokio::time::interval(flush_every.min(Duration::from_secs(1)));
@@ -119,8 +120,10 @@ impl PgPipeline {
                     if let Err(e) = run.on_event(self, ev?).await {
                         break Err(e);
                     }
-                    if self.stop_at.is_some_and(|s| run.caught_up(s)) {
-                        tracing::info!("caught up with the WAL position at start-up");
+                    if let Some(stop_at) = self.stop_at
+                        && run.received_through(stop_at)
+                    {
+                        tracing::info!(%stop_at, "caught up with the WAL position at start-up");
                         break run.flush(self).await;
                     }
                 }
@@ -246,12 +249,15 @@ struct StreamRun {
     cp: Checkpoint,
     layout: Layout,
     acked: Acked,
+    /// The server's WAL position from its last keepalive: everything before it was sent.
+    server_wal_end: Lsn,
 }
 
 impl StreamRun {
-    /// Whether everything up to `lsn` is durable and nothing is buffered.
-    fn caught_up(&self, lsn: Lsn) -> bool {
-        self.tx.is_none() && self.batch.is_empty() && self.acked.get() >= lsn
+    /// Whether every transaction committed before `lsn` has been received (flushing then
+    /// makes it durable).
+    fn received_through(&self, lsn: Lsn) -> bool {
+        self.tx.is_none() && self.last_complete.ack_lsn.max(self.server_wal_end) >= lsn
     }
 
     /// The position that covers every row received so far.
@@ -302,6 +308,7 @@ impl StreamRun {
                 self.last_complete = PgPosition::complete(commit_lsn, end_lsn);
             }
             PgEvent::Keepalive { wal_end } => {
+                self.server_wal_end = self.server_wal_end.max(wal_end);
                 // Nothing is buffered: everything the server sent is durable or not ours, so its
                 // WAL position can be released (no WAL pinned by idle or unpublished traffic).
                 if self.tx.is_none() && self.batch.is_empty() {

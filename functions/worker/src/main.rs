@@ -356,12 +356,14 @@ fn set_state(p: &mut PgPipeline, state: PipelineState, err: Option<String>) {
     }
 }
 
-/// The server's current WAL position: `--until-caught-up` stops once everything up to it is durable.
+/// The server's WAL insert position: `--until-caught-up` stops once everything up to it is
+/// durable. The insert (not write) position, because with `synchronous_commit = off` a
+/// transaction that has returned COMMIT may not be written yet.
 async fn current_wal_lsn(cfg: &Config) -> anyhow::Result<tidemark_core::position::Lsn> {
     let pg = connect::parse_url(&cfg.source.url)?;
     let client = connect::sql_connect(&pg, "tidemark-status").await?;
     let lsn: String = client
-        .query_one("select pg_current_wal_lsn()::text", &[])
+        .query_one("select pg_current_wal_insert_lsn()::text", &[])
         .await?
         .get(0);
     Ok(lsn.parse()?)

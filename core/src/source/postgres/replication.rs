@@ -1150,6 +1150,12 @@ enum StreamState {
 }
 
 /// The CopyBoth stream of `START_REPLICATION`.
+///
+/// Liveness: the server only sends keepalives when it wants a reply, so silence does not mean
+/// a dead connection (TCP keepalives are not set: tokio has no setter and `socket2` is not a
+/// dependency). To detect a dead server, send a status update with `reply_requested = true`
+/// and expect a [`ReplicationMessage::PrimaryKeepalive`] back within a timeout; `next` is
+/// cancel-safe, so wrapping it in `tokio::time::timeout` is fine.
 pub struct ReplicationStream {
     conn: Conn<BoxTransport>,
     state: StreamState,
@@ -1585,8 +1591,12 @@ mod tests {
         wire.extend(param("x", "y"));
         wire.extend(msg(b'N', b"SNOTICE\0VNOTICE\0C00000\0Mhello\0\0"));
         for i in 0..20u64 {
-            wire.extend(xlog(i, i + 1, if i % 5 == 0 { &big } else { b"abc" }));
-            wire.extend(keepalive(i, i % 2 == 0));
+            wire.extend(xlog(
+                i,
+                i + 1,
+                if i.is_multiple_of(5) { &big } else { b"abc" },
+            ));
+            wire.extend(keepalive(i, i.is_multiple_of(2)));
         }
         wire.extend(msg(b'c', &[]));
         let writer = tokio::spawn(async move {
@@ -1632,7 +1642,7 @@ mod tests {
                 } => {
                     assert_eq!((wal_start.0, wal_end.0), (i, i + 1));
                     assert_eq!(*server_time, PG_EPOCH_OFFSET_MICROS);
-                    assert_eq!(data.len(), if i % 5 == 0 { big.len() } else { 3 });
+                    assert_eq!(data.len(), if i.is_multiple_of(5) { big.len() } else { 3 });
                 }
                 other => panic!("{other:?}"),
             }
@@ -1641,7 +1651,7 @@ mod tests {
                 ReplicationMessage::PrimaryKeepalive {
                     wal_end: Lsn(i),
                     server_time: PG_EPOCH_OFFSET_MICROS + 1,
-                    reply_requested: i % 2 == 0
+                    reply_requested: i.is_multiple_of(2)
                 }
             );
         }

@@ -24,6 +24,9 @@ use crate::source::postgres::pgoutput::{self, OldTuple, PgOutputMessage, TupleVa
 use crate::source::postgres::replication::{ReplicationMessage, ReplicationStream};
 use crate::source::postgres::types;
 
+/// Quiet time after data before the stream task asks the server for a keepalive.
+const IDLE_PROBE: Duration = Duration::from_millis(50);
+
 /// What the pipeline receives, in WAL order.
 #[derive(Debug)]
 pub enum PgEvent {
@@ -166,7 +169,16 @@ enum Flow {
 
 impl Reader {
     async fn run(&mut self) -> Result<()> {
+        // After a burst of data goes quiet, ask the server where it is (a keepalive comes
+        // back), so the pipeline learns promptly that it has received everything.
+        let mut probe_at: Option<tokio::time::Instant> = None;
         loop {
+            let probe = async {
+                match probe_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => return Ok(()),
@@ -175,9 +187,17 @@ impl Reader {
                     let Some(msg) = msg? else {
                         return Err(Error::transient("the server ended the replication stream"));
                     };
+                    probe_at = match msg {
+                        ReplicationMessage::XLogData { .. } => Some(tokio::time::Instant::now() + IDLE_PROBE),
+                        ReplicationMessage::PrimaryKeepalive { .. } => None,
+                    };
                     if let Flow::Stop = self.handle(msg).await? {
                         return Ok(());
                     }
+                }
+                _ = probe => {
+                    probe_at = None;
+                    self.send_status(true).await?;
                 }
             }
         }
