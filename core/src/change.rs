@@ -87,7 +87,40 @@ pub struct TableSchema {
 
 pub type SchemaRef = Arc<TableSchema>;
 
+/// Names the output reserves, compared case-insensitively (Athena folds case): the metadata
+/// columns and the hive partition keys.
+pub const RESERVED_NAMES: [&str; 8] = [
+    "_op",
+    "_pos",
+    "_ord",
+    "_commit_ts",
+    "_xid",
+    "_unavailable_cols",
+    "dt",
+    "snapshot_id",
+];
+
 impl TableSchema {
+    /// Renames columns whose names are reserved or equal another column's ignoring case, by
+    /// appending `_` until unique, so every column is distinct for Athena and never shadows a
+    /// metadata column or partition key. Deterministic: the first column keeps its name.
+    pub fn with_output_names(mut self) -> Self {
+        let mut taken: std::collections::HashSet<String> =
+            RESERVED_NAMES.iter().map(|n| n.to_string()).collect();
+        for c in &mut self.columns {
+            let mut name = c.name.clone();
+            while taken.contains(&name.to_lowercase()) {
+                name.push('_');
+            }
+            if name != c.name {
+                tracing::warn!(table = %self.id, column = %c.name, written_as = %name, "column renamed in the output: its name is reserved or differs from another only by case");
+                c.name = name;
+            }
+            taken.insert(c.name.to_lowercase());
+        }
+        self
+    }
+
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
     }
@@ -163,4 +196,36 @@ pub struct RowMeta<'a> {
     pub commit_ts: i64,
     /// Source transaction id (`_xid`), where the source has one.
     pub xid: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str) -> Column {
+        Column {
+            name: name.into(),
+            ty: ColumnType::Int32,
+            source_type: "int4".into(),
+            key: false,
+        }
+    }
+
+    #[test]
+    fn reserved_and_case_colliding_names_get_a_suffix() {
+        let t = TableSchema {
+            id: TableId::new("public", "t"),
+            columns: vec![
+                col("id"),
+                col("dt"),
+                col("dt_"),
+                col("_op"),
+                col("Id"),
+                col("DT"),
+            ],
+        }
+        .with_output_names();
+        let names: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["id", "dt_", "dt__", "_op_", "Id_", "DT___"]);
+    }
 }

@@ -33,7 +33,7 @@ async fn workload(
             match fastrand::u8(0..10) {
                 0..=2 => {
                     sql.push_str(&format!(
-                        "insert into {table} values ({next}, 0, md5(random()::text));"
+                        "insert into {table} (id, v, payload) values ({next}, 0, md5(random()::text));"
                     ));
                     next += 1;
                 }
@@ -273,5 +273,119 @@ async fn million_row_transaction_streams_in_bounded_memory() {
         started.elapsed().as_secs_f64()
     );
     assert!(peak < 300, "peak RSS {peak} MiB >= 300 MiB");
+    s.cleanup(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_resumes_after_kill_nine_without_gap_or_duplicate() {
+    let c = harness::sql().await;
+    let s = Scenario::new("resume");
+    // Integer key: resumed per chunk. uuid key: its copy restarts whole in the new snapshot.
+    let (ints, uuids) = (format!("i_{}", s.name), format!("u_{}", s.name));
+    versioned_table(&c, &ints, 200_000).await;
+    c.batch_execute(&format!(
+        "drop table if exists {uuids}; \
+         create table {uuids} (k uuid primary key default gen_random_uuid(), id bigint not null unique, v int not null, payload text); \
+         alter table {uuids} replica identity full; \
+         insert into {uuids} (id, v, payload) select g, 0, md5(g::text) from generate_series(1, 50000) g;"
+    ))
+    .await
+    .unwrap();
+    let tables = [format!("public.{ints}"), format!("public.{uuids}")];
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let w1 = tokio::spawn(workload(ints.clone(), 200_001, stop_rx.clone()));
+    let w2 = tokio::spawn(workload(uuids.clone(), 50_001, stop_rx));
+    let checkpoint = s.state().join(format!("{}.json", s.name));
+    let progress = || {
+        std::fs::read_to_string(&checkpoint)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map(|cp| {
+                let sn = &cp["snapshot"];
+                serde_json::json!([sn["current"], sn["tables_done"], sn["done"]])
+            })
+            .unwrap_or_default()
+    };
+    let mut kills_in_snapshot = 0;
+    let mut resumed = false;
+    while progress()[2] != true {
+        // Kill at a random instant shortly after the snapshot's durable progress moves.
+        let before = progress();
+        let mut run = s.spawn_run(
+            &tables,
+            &["--snapshot-part-rows", "1000", "--flush-interval-ms", "200"],
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while progress() == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..120))).await;
+        let in_snapshot = progress()[2] == false;
+        run.kill().unwrap();
+        let (_, log) = stderr_of(run);
+        resumed |= log.contains("resuming the interrupted snapshot");
+        kills_in_snapshot += usize::from(in_snapshot);
+        assert!(kills_in_snapshot < 200, "the snapshot never finishes");
+    }
+    stop_tx.send(true).unwrap();
+    let ops = w1.await.unwrap() + w2.await.unwrap();
+    s.run_until_caught_up(&tables);
+    assert!(
+        kills_in_snapshot >= 3,
+        "only {kills_in_snapshot} kills landed inside the snapshot"
+    );
+    assert!(resumed, "no run resumed the interrupted snapshot");
+
+    let a = assert_exactly_once(&s, &c, &ints).await;
+    let b = assert_exactly_once(&s, &c, &uuids).await;
+    eprintln!(
+        "snapshot resume: {kills_in_snapshot} kills inside the snapshot, {ops} operations, {} rows checked",
+        a + b
+    );
+    s.cleanup(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_and_case_colliding_column_names_are_renamed() {
+    let c = harness::sql().await;
+    let s = Scenario::new("names");
+    let t = format!("r_{}", s.name);
+    c.batch_execute(&format!(
+        "drop table if exists {t}; create table {t} (id int primary key, dt date, \"_op\" text, \"Id\" int); \
+         insert into {t} values (1, '2001-02-03', 'x', 10);"
+    ))
+    .await
+    .unwrap();
+    let q = format!("public.{t}");
+    s.run_until_caught_up(&[&q]);
+    c.batch_execute(&format!(
+        "insert into {t} values (2, '2004-05-06', 'y', 20)"
+    ))
+    .await
+    .unwrap();
+    s.run_until_caught_up(&[&q]);
+    let rows = harness::duckdb(&format!(
+        "select id, dt_::varchar as d, \"_op_\" as o, \"Id_\" as i, _op, dt from read_parquet('{}/{}/{q}/changes/**/*.parquet', hive_partitioning = true)",
+        s.out().display(),
+        s.name
+    ));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["d"], "2004-05-06");
+    assert_eq!(
+        (
+            rows[0]["o"].as_str(),
+            rows[0]["i"].as_i64(),
+            rows[0]["_op"].as_str()
+        ),
+        (Some("y"), Some(20), Some("I"))
+    );
+    assert!(
+        rows[0]["dt"].as_str().is_some_and(|d| d.len() == 10),
+        "dt is the partition: {rows:?}"
+    );
+    let snap = s.output_rows(&q, "id, dt_::varchar as d, \"Id_\" as i");
+    assert_eq!(snap[0]["d"], "2001-02-03");
     s.cleanup(&c).await;
 }

@@ -38,6 +38,16 @@ pub async fn sql() -> tokio_postgres::Client {
     client
 }
 
+/// A superuser session (trust auth on the local stack), for roles and server settings.
+pub async fn admin_sql() -> tokio_postgres::Client {
+    let (client, conn) =
+        tokio_postgres::connect(&env("TIDEMARK_PG_ADMIN_URL"), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the local PostgreSQL as postgres");
+    tokio::spawn(conn);
+    client
+}
+
 /// One pipeline under test: its own tables, slot, output and state directories.
 pub struct Scenario {
     pub name: String,

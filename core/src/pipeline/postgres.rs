@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::change::TableId;
 use crate::change::{Op, RowMeta, Value};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -12,10 +13,12 @@ use crate::output::{Layout, ObjectOutput};
 use crate::pipeline::{Batch, PipelineState, StatusFile, commit_batch, elapsed, load_and_recover};
 use crate::position::{Lsn, PgPosition};
 use crate::source::postgres::replication::ReplicationClient;
-use crate::source::postgres::snapshot::{self, SnapshotMeta};
+use crate::source::postgres::snapshot::{self, CopyRange, KeyPlan, SnapshotMeta};
 use crate::source::postgres::stream::{self, Acked, PgEvent};
 use crate::source::postgres::{catalog, check, connect};
-use crate::store::{Checkpoint, PositionStore, SnapshotProgress, SourcePosition};
+use crate::store::{
+    Checkpoint, PositionStore, SkipRule, SnapshotProgress, SourcePosition, TableProgress,
+};
 
 /// How often the stream task reports the durable LSN and asks for a keepalive (idle acks, lag).
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
@@ -30,6 +33,13 @@ pub struct PgPipeline {
     pub status: Option<StatusFile>,
     /// Return `Ok` once everything up to this WAL position is durable (`--until-caught-up`).
     pub stop_at: Option<Lsn>,
+}
+
+/// What the snapshot steps share: the SQL session inside the snapshot, key layout, stop signal.
+struct SnapshotSession<'a> {
+    sql: &'a tokio_postgres::Client,
+    layout: &'a Layout,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// The transaction being received.
@@ -70,9 +80,24 @@ impl PgPipeline {
 
         if cp.position.is_none() {
             self.set_state(PipelineState::Snapshotting);
-            cp = self
-                .initial_snapshot(&sql, &mut repl, &layout, cp, &slot, &publication)
-                .await?;
+            let session = SnapshotSession {
+                sql: &sql,
+                layout: &layout,
+                shutdown: shutdown.clone(),
+            };
+            match self
+                .initial_snapshot(&session, &mut repl, cp, &slot, &publication)
+                .await?
+            {
+                Some(done) => cp = done,
+                None => {
+                    tracing::info!(
+                        "stopped during the snapshot; its durable progress resumes on the next run"
+                    );
+                    self.set_state(PipelineState::Stopped);
+                    return Ok(());
+                }
+            }
         } else if catalog::slot_info(&sql, &slot).await?.is_none() {
             return Err(Error::config(format!(
                 "replication slot {slot} is gone but pipeline {} has a committed position: changes since then are lost. \
@@ -103,7 +128,16 @@ impl PgPipeline {
             layout,
             acked,
             server_wal_end: Lsn::ZERO,
+            skips: Vec::new(),
         };
+        if let Some(s) = run.cp.snapshot.as_ref() {
+            run.skips = s
+                .skips
+                .iter()
+                .filter(|r| r.before > durable.commit_lsn)
+                .cloned()
+                .collect();
+        }
         let flush_every = self.config.batch.flush_interval();
         let mut tick = tokio::time::interval(flush_every.min(Duration::from_secs(1)));
         let result = loop {
@@ -143,99 +177,287 @@ impl PgPipeline {
         result.and(stopped)
     }
 
+    /// Takes the initial snapshot, or resumes an interrupted one, and returns the checkpoint
+    /// positioned at the main slot's consistent point; `None` when `shutdown` stopped it first
+    /// (what is durable stays, and the next run resumes from it).
+    ///
+    /// Fresh: the slot is created exporting its snapshot, and every table is copied inside it.
+    /// Resumed (the slot survives, the exported snapshot does not): a temporary slot exports a
+    /// new snapshot at a later point L1; the remaining tables, and the rest of a keyset-chunked
+    /// table above its last durable key, are copied there, and a [`SkipRule`] tells the stream
+    /// (which still starts at the main slot's point) to drop their changes committed before L1.
     async fn initial_snapshot(
         &mut self,
-        sql: &tokio_postgres::Client,
+        session: &SnapshotSession<'_>,
         repl: &mut ReplicationClient,
-        layout: &Layout,
-        mut cp: Checkpoint,
+        cp: Checkpoint,
         slot: &str,
         publication: &str,
-    ) -> Result<Checkpoint> {
+    ) -> Result<Option<Checkpoint>> {
+        let (sql, layout) = (session.sql, session.layout);
         let tables = catalog::publication_tables(sql, publication).await?;
-        // An interrupted snapshot cannot be resumed inside the same exported snapshot: remove its
-        // objects and the slot, then start over.
-        if let Some(old) = cp.snapshot.clone() {
-            tracing::warn!(snapshot_id = %old.snapshot_id, "discarding an unfinished snapshot");
-            for t in &tables {
-                for key in self
-                    .output
-                    .list(&layout.snapshot_prefix(t, &old.snapshot_id))
-                    .await?
-                {
-                    self.output.delete(&key).await?;
+        let slot_now = catalog::slot_info(sql, slot).await?;
+        if let Some(pid) = slot_now.as_ref().and_then(|s| s.active_pid) {
+            return Err(Error::transient(format!(
+                "replication slot {slot} is still in use by PID {pid}"
+            )));
+        }
+        let resumable = cp
+            .snapshot
+            .clone()
+            .filter(|s| !s.done && slot_now.is_some());
+        let (mut cp, point, snapshot_name, _temp_conn) = match resumable {
+            Some(progress) => {
+                let pg = connect::parse_url(&self.config.source.url)?;
+                let mut temp = ReplicationClient::connect(&pg, "tidemark-snapshot").await?;
+                let created = create_temporary_slot(&mut temp, slot).await?;
+                tracing::info!(
+                    snapshot_id = %progress.snapshot_id,
+                    resume_point = %created.0,
+                    done = progress.tables_done.len(),
+                    "resuming the interrupted snapshot in a new snapshot"
+                );
+                let cp = self
+                    .plan_resume(cp, progress, &tables, created.0, layout)
+                    .await?;
+                (cp, created.0, created.1, Some(temp))
+            }
+            None => {
+                if let Some(old) = cp.snapshot.clone().filter(|s| !s.done) {
+                    tracing::warn!(snapshot_id = %old.snapshot_id, "replication slot is gone: restarting the snapshot");
+                    for t in &tables {
+                        self.delete_parts(layout, t, &old.snapshot_id, 0).await?;
+                    }
                 }
+                if slot_now.is_some() {
+                    repl.drop_slot(slot).await?;
+                }
+                let created = repl.create_slot_exporting(slot).await?;
+                let point = created.consistent_point;
+                tracing::info!(slot, consistent_point = %point, "created replication slot");
+                let mut next = cp.next();
+                next.snapshot = Some(SnapshotProgress {
+                    snapshot_id: point.sortable(),
+                    consistent_point: point,
+                    tables_done: vec![],
+                    done: false,
+                    current: None,
+                    skips: vec![],
+                });
+                self.store.save(cp.expected(), &next).await?;
+                (next, point, created.snapshot_name, None)
             }
-        }
-        if let Some(info) = catalog::slot_info(sql, slot).await? {
-            if let Some(pid) = info.active_pid {
-                return Err(Error::transient(format!(
-                    "replication slot {slot} is still in use by PID {pid}"
-                )));
-            }
-            repl.drop_slot(slot).await?;
-        }
-        let created = repl.create_slot_exporting(slot).await?;
-        let point = created.consistent_point;
-        tracing::info!(slot, consistent_point = %point, "created replication slot");
-        // The exported snapshot lives until `repl` runs its next command: import it first.
-        snapshot::import(sql, &created.snapshot_name).await?;
+        };
+        // The exported snapshot lives until its replication connection runs its next command.
+        snapshot::import(sql, &snapshot_name).await?;
+        drop(_temp_conn);
         let taken_at: i64 = sql
             .query_one("select (extract(epoch from now()) * 1000000)::int8", &[])
             .await?
             .get(0);
-
-        let snapshot_id = point.sortable();
-        let mut next = cp.next();
-        next.snapshot = Some(SnapshotProgress {
-            snapshot_id: snapshot_id.clone(),
-            consistent_point: point,
-            tables_done: vec![],
-            done: false,
-        });
-        self.store.save(cp.expected(), &next).await?;
-        cp = next;
+        let pos = point.sortable();
+        let Some(progress) = cp.snapshot.clone() else {
+            return Err(Error::fatal("snapshot progress missing"));
+        };
+        let snapshot_id = progress.snapshot_id.clone();
+        let meta = SnapshotMeta {
+            snapshot_id: &snapshot_id,
+            pos: &pos,
+            taken_at,
+        };
 
         if self.config.source.snapshot {
-            let meta = SnapshotMeta {
-                snapshot_id: &snapshot_id,
-                pos: &snapshot_id,
-                taken_at,
-            };
-            for t in &tables {
-                let rows = snapshot::copy_table(
-                    sql,
-                    t,
-                    &meta,
-                    self.config.batch.snapshot_part_rows,
-                    layout,
-                    self.output.as_ref(),
-                    self.progress,
-                )
-                .await?;
-                let mut next = cp.next();
-                if let Some(s) = &mut next.snapshot {
-                    s.tables_done.push(t.clone());
-                }
-                self.store.save(cp.expected(), &next).await?;
-                cp = next;
-                if let Some(s) = &mut self.status {
-                    s.committed(format!("snapshot {t}"), rows);
+            for t in tables.iter().filter(|t| !progress.tables_done.contains(t)) {
+                let resume = cp
+                    .snapshot
+                    .as_ref()
+                    .and_then(|s| s.current.clone())
+                    .filter(|c| c.table == *t);
+                match self.copy_table(session, &meta, t, resume, cp).await? {
+                    Some(next) => cp = next,
+                    None => return Ok(None),
                 }
             }
         }
         sql.batch_execute("commit").await?;
 
         let mut next = cp.next();
-        next.position = Some(SourcePosition::Postgres(PgPosition::complete(point, point)));
+        let start = PgPosition::complete(progress.consistent_point, progress.consistent_point);
+        next.position = Some(SourcePosition::Postgres(start));
         next.last_commit_ts = Some(taken_at);
         if let Some(s) = &mut next.snapshot {
             s.done = true;
+            s.current = None;
         }
         self.store.save(cp.expected(), &next).await?;
-        tracing::info!(tables = tables.len(), consistent_point = %point, "snapshot complete; streaming from its consistent point");
+        tracing::info!(
+            tables = tables.len(),
+            consistent_point = %progress.consistent_point,
+            "snapshot complete; streaming from its consistent point"
+        );
+        Ok(Some(next))
+    }
+
+    /// Records what a resumed snapshot will copy at `point` (skip rules) before copying it.
+    async fn plan_resume(
+        &mut self,
+        cp: Checkpoint,
+        progress: SnapshotProgress,
+        tables: &[TableId],
+        point: Lsn,
+        layout: &Layout,
+    ) -> Result<Checkpoint> {
+        let mut next = cp.next();
+        let Some(s) = next.snapshot.as_mut() else {
+            return Err(Error::fatal("snapshot progress missing"));
+        };
+        for t in tables.iter().filter(|t| !progress.tables_done.contains(t)) {
+            match progress.current.as_ref().filter(|c| c.table == *t) {
+                Some(cur) if cur.last_key.is_some() => {
+                    // Parts up to the last durable key stay; anything after them is redone.
+                    self.delete_parts(layout, t, &progress.snapshot_id, cur.parts_done)
+                        .await?;
+                    s.skips.push(SkipRule {
+                        table: t.clone(),
+                        before: point,
+                        key_above: cur.last_key,
+                    });
+                }
+                _ => {
+                    self.delete_parts(layout, t, &progress.snapshot_id, 0)
+                        .await?;
+                    s.skips.push(SkipRule {
+                        table: t.clone(),
+                        before: point,
+                        key_above: None,
+                    });
+                    if s.current.as_ref().is_some_and(|c| c.table == *t) {
+                        s.current = None;
+                    }
+                }
+            }
+        }
+        self.store.save(cp.expected(), &next).await?;
         Ok(next)
     }
+
+    /// Deletes a table's snapshot parts numbered `from` and above.
+    async fn delete_parts(
+        &self,
+        layout: &Layout,
+        table: &TableId,
+        snapshot_id: &str,
+        from: u32,
+    ) -> Result<()> {
+        for key in self
+            .output
+            .list(&layout.snapshot_prefix(table, snapshot_id))
+            .await?
+        {
+            let n = key
+                .rsplit("part-")
+                .next()
+                .and_then(|p| p.strip_suffix(".parquet"))
+                .and_then(|p| p.parse::<u32>().ok());
+            if n.is_none_or(|n| n >= from) {
+                self.output.delete(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies one table (from its durable progress, if any), saving progress after every part
+    /// of a keyset-chunked table and marking the table done at the end. Returns `None` when
+    /// `shutdown` turned true: between chunks, or abandoning a whole-table COPY.
+    async fn copy_table(
+        &mut self,
+        session: &SnapshotSession<'_>,
+        meta: &SnapshotMeta<'_>,
+        table: &TableId,
+        resume: Option<TableProgress>,
+        mut cp: Checkpoint,
+    ) -> Result<Option<Checkpoint>> {
+        let (sql, layout) = (session.sql, session.layout);
+        let mut shutdown = session.shutdown.clone();
+        let (oid, schema) = catalog::table_schema(sql, table).await?;
+        let plan = KeyPlan::for_copy(&schema, &catalog::primary_key(sql, oid).await?);
+        let part_rows = self.config.batch.snapshot_part_rows;
+        let mut progress = resume.unwrap_or(TableProgress {
+            table: table.clone(),
+            parts_done: 0,
+            rows_done: 0,
+            last_key: None,
+        });
+        let bar = snapshot::table_progress(sql, table, progress.rows_done, self.progress).await?;
+        loop {
+            let chunked = matches!(plan, KeyPlan::Integer { .. });
+            let range = CopyRange {
+                schema: &schema,
+                plan: &plan,
+                after: progress.last_key,
+                limit: chunked.then_some(part_rows),
+                part_rows,
+                first_part: progress.parts_done,
+                first_ord: progress.rows_done,
+                write_empty: progress.parts_done == 0,
+            };
+            if *shutdown.borrow() {
+                return Ok(None);
+            }
+            let copy = snapshot::copy_range(sql, &range, meta, layout, self.output.as_ref(), &bar);
+            let copied = tokio::select! {
+                copied = copy => copied?,
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
+            };
+            progress.parts_done += copied.parts;
+            progress.rows_done += copied.rows;
+            progress.last_key = copied.last_key.or(progress.last_key);
+            let finished = !chunked || copied.rows < part_rows as u64;
+            let mut next = cp.next();
+            if let Some(s) = &mut next.snapshot {
+                if finished {
+                    s.tables_done.push(table.clone());
+                    s.current = None;
+                } else {
+                    s.current = Some(progress.clone());
+                }
+            }
+            self.store.save(cp.expected(), &next).await?;
+            cp = next;
+            if finished {
+                break;
+            }
+        }
+        bar.finish_and_clear();
+        tracing::info!(table = %table, rows = progress.rows_done, parts = progress.parts_done, "snapshot copied");
+        if let Some(s) = &mut self.status {
+            s.committed(format!("snapshot {table}"), progress.rows_done);
+        }
+        Ok(Some(cp))
+    }
+}
+
+/// `CREATE_REPLICATION_SLOT <slot>_resume TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')`:
+/// a new exported snapshot and its exact WAL point; the slot vanishes with its connection.
+async fn create_temporary_slot(conn: &mut ReplicationClient, slot: &str) -> Result<(Lsn, String)> {
+    let name = format!(
+        "{}_resume_{:x}",
+        &slot[..slot.len().min(40)],
+        fastrand::u32(..)
+    );
+    let rows = conn
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT \"{name}\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
+        ))
+        .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::fatal("CREATE_REPLICATION_SLOT returned no row"))?;
+    let point: Lsn = row.get(1).cloned().flatten().unwrap_or_default().parse()?;
+    let snapshot = row.get(2).cloned().flatten().filter(|s| !s.is_empty());
+    let snapshot =
+        snapshot.ok_or_else(|| Error::fatal("CREATE_REPLICATION_SLOT returned no snapshot"))?;
+    Ok((point, snapshot))
 }
 
 /// State of one streaming session.
@@ -251,6 +473,8 @@ struct StreamRun {
     acked: Acked,
     /// The server's WAL position from its last keepalive: everything before it was sent.
     server_wal_end: Lsn,
+    /// Ranges a resumed snapshot copied at a later point (empty once the stream is past them).
+    skips: Vec<SkipRule>,
 }
 
 impl StreamRun {
@@ -336,6 +560,19 @@ impl StreamRun {
         if self.durable.covers(tx.commit_lsn, ord) {
             tx.next_ord += 1; // replayed after a restart: already durable
             return Ok(());
+        }
+        if !self.skips.is_empty() && op != Op::Truncate {
+            let commit_lsn = tx.commit_lsn;
+            self.skips.retain(|r| r.before > commit_lsn);
+            let key = KeyPlan::for_schema(schema).key_of(values);
+            if self
+                .skips
+                .iter()
+                .any(|r| r.covers(&schema.id, commit_lsn, key))
+            {
+                tx.next_ord += 1; // already in a resumed snapshot copied after this commit
+                return Ok(());
+            }
         }
         if self.batch.schema_differs(schema) {
             self.flush(p).await?;

@@ -55,11 +55,52 @@ pub struct WriteIntent {
 pub struct SnapshotProgress {
     /// Names the snapshot's objects: `snapshot_id=<id>`.
     pub snapshot_id: String,
-    /// The slot's consistent point: rows copied are exactly those committed before it.
+    /// The main slot's consistent point: the stream starts here.
     pub consistent_point: Lsn,
     /// Tables whose copy is complete and durable.
     pub tables_done: Vec<TableId>,
     pub done: bool,
+    /// The table being copied, as far as it is durable.
+    #[serde(default)]
+    pub current: Option<TableProgress>,
+    /// Ranges copied in a later snapshot than `consistent_point` (after a restart): the stream
+    /// drops their changes committed before that snapshot, which the copy already holds.
+    #[serde(default)]
+    pub skips: Vec<SkipRule>,
+}
+
+/// Durable progress of one table's copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableProgress {
+    pub table: TableId,
+    /// Parts `0..parts_done` are written.
+    pub parts_done: u32,
+    pub rows_done: u64,
+    /// Largest integer key copied (keyset-chunked tables only).
+    pub last_key: Option<i64>,
+}
+
+/// Changes to `table` committed before `before` (and, with `key_above`, only rows whose integer
+/// key is above it) are already in the snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkipRule {
+    pub table: TableId,
+    pub before: Lsn,
+    pub key_above: Option<i64>,
+}
+
+impl SkipRule {
+    /// Whether a change to `table` committed at `commit_lsn` with integer key `key` is covered.
+    /// A row without a usable key is covered only by a whole-table rule.
+    pub fn covers(&self, table: &TableId, commit_lsn: Lsn, key: Option<i64>) -> bool {
+        self.table == *table
+            && commit_lsn < self.before
+            && match (self.key_above, key) {
+                (None, _) => true,
+                (Some(k), Some(v)) => v > k,
+                (Some(_), None) => false,
+            }
+    }
 }
 
 /// One pipeline's durable state.
@@ -253,5 +294,37 @@ pub mod conformance {
         store.delete(&p).await.unwrap();
         assert_eq!(store.load(&p).await.unwrap(), None);
         store.delete(&p).await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_rules_cover_ranges_before_their_point() {
+        let t = TableId::new("public", "t");
+        let whole = SkipRule {
+            table: t.clone(),
+            before: Lsn(100),
+            key_above: None,
+        };
+        let range = SkipRule {
+            table: t.clone(),
+            before: Lsn(100),
+            key_above: Some(50),
+        };
+        assert!(whole.covers(&t, Lsn(99), None));
+        assert!(
+            !whole.covers(&t, Lsn(100), Some(1)),
+            "the copy holds only commits before its point"
+        );
+        assert!(!whole.covers(&TableId::new("public", "u"), Lsn(1), None));
+        assert!(range.covers(&t, Lsn(99), Some(51)));
+        assert!(
+            !range.covers(&t, Lsn(99), Some(50)),
+            "keys up to the last copied key came from the older copy"
+        );
+        assert!(!range.covers(&t, Lsn(99), None));
     }
 }

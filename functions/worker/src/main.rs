@@ -102,6 +102,9 @@ struct RunArgs {
     /// Flush when this many rows are buffered.
     #[arg(long, env = "TIDEMARK_MAX_BATCH_ROWS")]
     max_batch_rows: Option<usize>,
+    /// Rows per snapshot part file (and per resumable chunk).
+    #[arg(long, env = "TIDEMARK_SNAPSHOT_PART_ROWS")]
+    snapshot_part_rows: Option<usize>,
     /// Retries of a lost connection before giving up (state ERROR).
     #[arg(long, default_value_t = 10, env = "TIDEMARK_MAX_RETRIES")]
     max_retries: u32,
@@ -275,6 +278,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(n) = args.max_batch_rows {
         cfg.batch.max_rows = n;
+    }
+    if let Some(n) = args.snapshot_part_rows {
+        cfg.batch.snapshot_part_rows = n;
     }
     cfg.validate()?;
     let output = output::open(&cfg.output_url())?;

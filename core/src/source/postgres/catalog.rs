@@ -78,7 +78,7 @@ pub async fn build_schema(
             }
         })
         .collect();
-    Ok(Arc::new(TableSchema { id, columns }))
+    Ok(Arc::new(TableSchema { id, columns }.with_output_names()))
 }
 
 /// The table's current columns and OID, for the snapshot copy.

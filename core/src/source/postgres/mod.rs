@@ -8,4 +8,5 @@ pub mod pgoutput;
 pub mod replication;
 pub mod snapshot;
 pub mod stream;
+pub mod tls;
 pub mod types;

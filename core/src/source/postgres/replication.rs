@@ -3,9 +3,10 @@
 //! `tokio-postgres` has no replication mode, so this speaks the wire protocol itself on top of
 //! `postgres_protocol::message::frontend` (messages we send) and a small hand-written parser for
 //! what the server sends (the backend parser of `postgres-protocol` does not know
-//! `CopyBothResponse`). Scope: startup with pinned session settings, trust / cleartext / MD5 /
-//! SCRAM-SHA-256 authentication, the simple-query protocol (replication commands and `SHOW`),
-//! slot management and the CopyBoth stream of `START_REPLICATION ... LOGICAL`.
+//! `CopyBothResponse`). Scope: TLS (SSLRequest or direct, see [`super::tls`]), startup with
+//! pinned session settings, trust / cleartext / MD5 / SCRAM-SHA-256 / SCRAM-SHA-256-PLUS
+//! (channel binding) authentication, the simple-query protocol (replication commands and
+//! `SHOW`), slot management and the CopyBoth stream of `START_REPLICATION ... LOGICAL`.
 //!
 //! Contracts that callers rely on:
 //! - [`ReplicationStream::next`] is cancel-safe: bytes are buffered in the stream and only
@@ -17,9 +18,9 @@
 //!   missing slots/publications and server settings are `Config` with a message saying what to
 //!   change. Server errors keep a [`ServerError`] (SQLSTATE, detail, hint) as their source.
 //!
-//! TLS is not implemented yet; the connection is generic over its transport internally so a
-//! `tokio-rustls` stream can be slotted in later. `sslmode=require` is refused with a clear error;
-//! `sslmode=prefer` (the default) connects without TLS.
+//! TLS follows the same `sslmode` / `sslrootcert` rules as the SQL client ([`super::tls`]): the
+//! client sends an SSLRequest (or starts TLS directly with `sslnegotiation=direct`) and wraps the
+//! socket in a `tokio-rustls` stream. Certificate problems are `Config` errors naming the fix.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,6 +32,8 @@ use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256}
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::connect::ConnectSettings;
+use super::tls::{SslMode, TlsConnector};
 use crate::error::{Error, ErrorKind, Result};
 use crate::position::Lsn;
 
@@ -53,7 +56,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`ReplicationStream::close`] waits for the server to finish the COPY.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The byte stream under a connection: TCP, a Unix socket, later TLS.
+/// The byte stream under a connection: TCP, a Unix socket, TLS over TCP.
 trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 
@@ -514,7 +517,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 
     /// Startup and authentication, up to the first `ReadyForQuery`.
-    async fn startup(&mut self, p: &StartupParams<'_>) -> Result<()> {
+    async fn startup(&mut self, p: &StartupParams<'_>, tls: Option<&TlsSession>) -> Result<()> {
         let options = match p.extra_options {
             Some(o) if !o.trim().is_empty() => format!("{o} {PINNED_OPTIONS}"),
             _ => PINNED_OPTIONS.to_string(),
@@ -536,7 +539,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         frontend::startup_message(params.iter().copied(), &mut self.wbuf)
             .map_err(|e| Error::with_source(ErrorKind::Config, "invalid startup parameters", e))?;
         self.flush().await?;
-        self.authenticate(p).await?;
+        self.authenticate(p, tls).await?;
         loop {
             let f = self.read_frame().await?;
             match f.tag {
@@ -558,8 +561,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
-    async fn authenticate(&mut self, p: &StartupParams<'_>) -> Result<()> {
+    async fn authenticate(
+        &mut self,
+        p: &StartupParams<'_>,
+        tls: Option<&TlsSession>,
+    ) -> Result<()> {
         let peer = self.peer.clone();
+        // channel_binding=require: every way of authenticating but SCRAM-SHA-256-PLUS is refused.
+        let unbound = |how: &str| {
+            Error::config(format!(
+                "channel_binding=require, but PostgreSQL at {peer} {how}: channel binding needs TLS \
+                 (sslmode=require or stronger) and a SCRAM-SHA-256 password for user {:?}; or use channel_binding=prefer",
+                p.user
+            ))
+        };
+        let require_binding = p.channel_binding == CbPolicy::Require;
+        // tls-server-end-point data when the session can be bound.
+        let binding = match (tls, p.channel_binding) {
+            (_, CbPolicy::Disable) | (None, _) => None,
+            (Some(t), _) => t.end_point.clone(),
+        };
+        let mut bound = false;
         let need_password = |method: &str| {
             p.password.ok_or_else(|| {
                 Error::config(format!(
@@ -587,14 +609,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             }
             let mut r = Reader::new(&f.body, "Authentication");
             match r.i32()? {
-                0 => return Ok(()),
+                0 => {
+                    if require_binding && !bound {
+                        return Err(unbound(
+                            "accepted the connection without SCRAM authentication",
+                        ));
+                    }
+                    return Ok(());
+                }
                 3 => {
+                    if require_binding {
+                        return Err(unbound("asks for a cleartext password"));
+                    }
                     let pw = need_password("cleartext password")?;
                     frontend::password_message(pw, &mut self.wbuf).map_err(|e| {
                         Error::with_source(ErrorKind::Config, "invalid password", e)
                     })?;
                 }
                 5 => {
+                    if require_binding {
+                        return Err(unbound("asks for an MD5 password"));
+                    }
                     let pw = need_password("MD5 password")?;
                     let salt = r.array::<4>()?;
                     let hash = md5_hash(p.user.as_bytes(), pw, salt);
@@ -611,22 +646,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                         }
                         offered.push(m);
                     }
-                    if !offered.iter().any(|m| m == sasl::SCRAM_SHA_256) {
-                        return Err(Error::config(format!(
-                            "PostgreSQL offers SASL mechanisms {offered:?}; the replication client supports only {} without TLS",
-                            sasl::SCRAM_SHA_256
-                        )));
+                    let plus = offered.iter().any(|m| m == sasl::SCRAM_SHA_256_PLUS);
+                    let plain = offered.iter().any(|m| m == sasl::SCRAM_SHA_256);
+                    // As libpq: SCRAM-SHA-256-PLUS when offered and we have binding data; else
+                    // SCRAM-SHA-256, telling the server whether we could have bound ("y,,": a
+                    // server that offered PLUS would then detect a downgrade) or not ("n,,").
+                    let (mechanism, cb) = match (&binding, plus, plain) {
+                        (Some(data), true, _) => (
+                            sasl::SCRAM_SHA_256_PLUS,
+                            ChannelBinding::tls_server_end_point(data.clone()),
+                        ),
+                        (Some(_), false, true) => {
+                            (sasl::SCRAM_SHA_256, ChannelBinding::unrequested())
+                        }
+                        (None, _, true) => (sasl::SCRAM_SHA_256, ChannelBinding::unsupported()),
+                        _ => {
+                            return Err(Error::config(format!(
+                                "PostgreSQL offers SASL mechanisms {offered:?}; the replication client supports {} \
+                                 (and {} over TLS)",
+                                sasl::SCRAM_SHA_256,
+                                sasl::SCRAM_SHA_256_PLUS
+                            )));
+                        }
+                    };
+                    if require_binding && mechanism != sasl::SCRAM_SHA_256_PLUS {
+                        return Err(unbound(&match (tls, plus) {
+                            (None, _) => "is connected without TLS".to_string(),
+                            (Some(_), false) => "does not offer SCRAM-SHA-256-PLUS".to_string(),
+                            (Some(_), true) => {
+                                "presented a certificate whose signature algorithm gives no \
+                                                tls-server-end-point hash (e.g. Ed25519, RSA-PSS)"
+                                    .to_string()
+                            }
+                        }));
                     }
-                    // No TLS, so no channel binding: "n,," tells the server we do not support it.
-                    let s = ScramSha256::new(pw, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(
-                        sasl::SCRAM_SHA_256,
-                        s.message(),
-                        &mut self.wbuf,
-                    )
-                    .map_err(|e| {
-                        Error::with_source(ErrorKind::Fatal, "SCRAM: cannot encode message", e)
-                    })?;
+                    bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
+                    tracing::debug!(peer = %self.peer, mechanism, "SCRAM authentication");
+                    let s = ScramSha256::new(pw, cb);
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
+                        .map_err(|e| {
+                            Error::with_source(ErrorKind::Fatal, "SCRAM: cannot encode message", e)
+                        })?;
                     scram = Some(s);
                 }
                 11 => {
@@ -778,6 +838,22 @@ struct StartupParams<'a> {
     dbname: Option<&'a str>,
     application_name: &'a str,
     extra_options: Option<&'a str>,
+    channel_binding: CbPolicy,
+}
+
+/// `channel_binding` of the connection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CbPolicy {
+    Disable,
+    Prefer,
+    Require,
+}
+
+/// What the authentication needs to know about a TLS session.
+#[derive(Debug, Clone)]
+struct TlsSession {
+    /// `tls-server-end-point` channel binding data (`None`: the certificate gives none).
+    end_point: Option<Vec<u8>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -791,6 +867,7 @@ struct StartupParams<'a> {
 /// fatal error asking to reconnect).
 pub struct ReplicationClient {
     conn: Conn<BoxTransport>,
+    tls: bool,
 }
 
 impl fmt::Debug for ReplicationClient {
@@ -798,60 +875,144 @@ impl fmt::Debug for ReplicationClient {
         f.debug_struct("ReplicationClient")
             .field("peer", &self.conn.peer)
             .field("backend_pid", &self.conn.backend_pid)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
 
 enum Target {
     Tcp {
-        host: String,
+        /// Where to connect: `hostaddr` if given, else the host.
+        addr: String,
         port: u16,
+        /// The name the TLS certificate is checked against (the host, else `hostaddr`).
+        tls_name: String,
     },
     #[cfg(unix)]
-    Unix {
-        path: std::path::PathBuf,
-    },
+    Unix { path: std::path::PathBuf },
+}
+
+/// Opens the TCP connection; returns it and the pg_hba.conf line that would admit it.
+async fn tcp_connect(
+    addr: &str,
+    port: u16,
+    peer: &str,
+    user: &str,
+) -> Result<(tokio::net::TcpStream, String)> {
+    let s = tokio::net::TcpStream::connect((addr, port))
+        .await
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::Transient,
+                format!("cannot connect to PostgreSQL at {peer} (is it running and reachable?)"),
+                e,
+            )
+        })?;
+    s.set_nodelay(true).map_err(|e| io_lost(peer, e))?;
+    let hba = match s.local_addr() {
+        Ok(a) if a.is_ipv4() => format!("host replication {user} {}/32 scram-sha-256", a.ip()),
+        Ok(a) => format!("host replication {user} {}/128 scram-sha-256", a.ip()),
+        Err(_) => format!("host replication {user} <client address> scram-sha-256"),
+    };
+    Ok((s, hba))
+}
+
+/// Negotiates TLS on a fresh TCP connection: SSLRequest (unless `direct`), then the handshake.
+/// With `sslmode=prefer`, a server that declines leaves the connection in plaintext.
+async fn start_tls(
+    mut tcp: tokio::net::TcpStream,
+    connector: &TlsConnector,
+    tls_name: &str,
+    mode: SslMode,
+    direct: bool,
+    peer: &str,
+) -> Result<(BoxTransport, Option<TlsSession>)> {
+    if !direct {
+        let mut request = BytesMut::with_capacity(8);
+        frontend::ssl_request(&mut request);
+        tcp.write_all(&request)
+            .await
+            .map_err(|e| io_lost(peer, e))?;
+        // Exactly one byte: anything the server sent after 'S' must go through TLS
+        // (CVE-2021-23222), so nothing is read ahead here.
+        let answer = tcp.read_u8().await.map_err(|e| io_lost(peer, e))?;
+        match answer {
+            b'S' => {}
+            b'N' if mode == SslMode::Prefer => return Ok((Box::new(tcp), None)),
+            b'N' => {
+                return Err(Error::config(format!(
+                    "PostgreSQL at {peer} does not accept TLS connections (ssl = off): turn ssl on in the server's \
+                     configuration, or use sslmode=prefer or sslmode=disable"
+                )));
+            }
+            b'E' => {
+                return Err(Error::config(format!(
+                    "PostgreSQL at {peer} answered the TLS request with an error: the server is too old for TLS \
+                     negotiation; use sslmode=disable"
+                )));
+            }
+            other => {
+                return Err(protocol(format!(
+                    "unexpected answer {other:#04x} to SSLRequest from {peer}"
+                )));
+            }
+        }
+    }
+    let stream = connector
+        .handshake(tcp, tls_name)
+        .await
+        .map_err(|e| e.context(format!("TLS to PostgreSQL at {peer}")))?;
+    let end_point = super::tls::tls_server_end_point(&stream);
+    Ok((Box::new(stream), Some(TlsSession { end_point })))
 }
 
 impl ReplicationClient {
     /// Connects with `replication=database` and authenticates (trust, cleartext, MD5,
-    /// SCRAM-SHA-256 without channel binding).
+    /// SCRAM-SHA-256, SCRAM-SHA-256-PLUS over TLS).
     ///
-    /// From `config` it uses: the first host (TCP name, `hostaddr`, or a Unix socket directory)
-    /// and its port (default 5432), user (required), password, dbname, options (prepended to the
-    /// pinned settings, which win), `connect_timeout` (default 30 s, covers connect and
-    /// authentication). Pinned: `datestyle=ISO, timezone=UTC, extra_float_digits=3,
-    /// intervalstyle=iso_8601, bytea_output=hex`, `client_encoding=UTF8`; `application_name` is
-    /// the argument. `sslmode=require` and `channel_binding=require` fail with a config error
-    /// (no TLS yet); `sslmode=prefer` connects in plain text.
-    pub async fn connect(config: &tokio_postgres::Config, application_name: &str) -> Result<Self> {
-        use tokio_postgres::config::{ChannelBinding as Cb, SslMode};
-        match config.get_ssl_mode() {
-            SslMode::Disable | SslMode::Prefer => {}
-            _ => {
-                return Err(Error::config(
-                    "TLS is not supported yet by the replication client: use sslmode=disable or sslmode=prefer \
-                     for the replication connection",
-                ));
-            }
-        }
-        if config.get_channel_binding() == Cb::Require {
-            return Err(Error::config(
-                "channel_binding=require needs TLS, which the replication client does not support yet",
-            ));
-        }
+    /// `settings` is a [`PgSource`](super::connect::PgSource) from
+    /// [`parse_url`](super::connect::parse_url) (all TLS settings: `sslmode` up to `verify-full`,
+    /// `sslrootcert`), or a bare `tokio_postgres::Config` (TLS per its `ssl_mode`, without
+    /// certificate checks). From the `Config` it uses: the first host (TCP name, `hostaddr`, or a
+    /// Unix socket directory) and its port (default 5432), user (required), password, dbname,
+    /// options (prepended to the pinned settings, which win), `connect_timeout` (default 30 s,
+    /// covers connect, TLS and authentication), `channel_binding`, `ssl_negotiation`. Pinned:
+    /// `datestyle=ISO, timezone=UTC, extra_float_digits=3, intervalstyle=iso_8601,
+    /// bytea_output=hex`, `client_encoding=UTF8`; `application_name` is the argument.
+    ///
+    /// TLS ([`super::tls`]): `sslmode=prefer` (the default) uses TLS when the server accepts it
+    /// and falls back to plaintext when it declines or the handshake fails; `require` and stronger
+    /// refuse plaintext. Unix-domain sockets never use TLS.
+    pub async fn connect<C: ConnectSettings + ?Sized>(
+        settings: &C,
+        application_name: &str,
+    ) -> Result<Self> {
+        use tokio_postgres::config::{ChannelBinding as Cb, SslNegotiation};
+        let config = settings.pg_config();
+        let tls = settings.tls_settings();
+        let channel_binding = match config.get_channel_binding() {
+            Cb::Disable => CbPolicy::Disable,
+            Cb::Require => CbPolicy::Require,
+            _ => CbPolicy::Prefer,
+        };
         let user = config
             .get_user()
             .ok_or_else(|| Error::config("the PostgreSQL connection settings have no user"))?;
         let port = config.get_ports().first().copied().unwrap_or(5432);
+        let host_name = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => Some(h.clone()),
+            _ => None,
+        };
         let target = match (config.get_hostaddrs().first(), config.get_hosts().first()) {
             (Some(addr), _) => Target::Tcp {
-                host: addr.to_string(),
+                addr: addr.to_string(),
                 port,
+                tls_name: host_name.unwrap_or_else(|| addr.to_string()),
             },
             (None, Some(tokio_postgres::config::Host::Tcp(h))) => Target::Tcp {
-                host: h.clone(),
+                addr: h.clone(),
                 port,
+                tls_name: h.clone(),
             },
             #[cfg(unix)]
             (None, Some(tokio_postgres::config::Host::Unix(dir))) => Target::Unix {
@@ -863,41 +1024,70 @@ impl ReplicationClient {
                 ));
             }
         };
+        // TLS only over TCP (libpq ignores sslmode for Unix-domain sockets, too).
+        let mode = match target {
+            Target::Tcp { .. } => tls.mode,
+            #[cfg(unix)]
+            Target::Unix { .. } => SslMode::Disable,
+        };
+        let direct = config.get_ssl_negotiation() == SslNegotiation::Direct;
+        if direct && mode == SslMode::Prefer {
+            return Err(Error::config(
+                "sslnegotiation=direct needs sslmode=require or stronger (there is no plaintext fallback)",
+            ));
+        }
+        if channel_binding == CbPolicy::Require && mode == SslMode::Disable {
+            return Err(Error::config(
+                "channel_binding=require needs TLS: use sslmode=require, verify-ca or verify-full over TCP",
+            ));
+        }
+        let connector = if mode == SslMode::Disable {
+            None
+        } else {
+            tls.connector()?
+        };
         let params = StartupParams {
             user,
             password: config.get_password(),
             dbname: config.get_dbname(),
             application_name,
             extra_options: config.get_options(),
+            channel_binding,
         };
         let timeout = config
             .get_connect_timeout()
             .copied()
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let peer = match &target {
-            Target::Tcp { host, port } => format!("{host}:{port}"),
+            Target::Tcp { addr, port, .. } => format!("{addr}:{port}"),
             #[cfg(unix)]
             Target::Unix { path } => path.display().to_string(),
         };
         let attempt = async {
-            let (io, hba_line): (BoxTransport, String) = match &target {
-                Target::Tcp { host, port } => {
-                    let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(|e| {
-                        Error::with_source(
-                            ErrorKind::Transient,
-                            format!("cannot connect to PostgreSQL at {peer} (is it running and reachable?)"),
-                            e,
-                        )
-                    })?;
-                    s.set_nodelay(true).map_err(|e| io_lost(&peer, e))?;
-                    let hba = match s.local_addr() {
-                        Ok(a) if a.is_ipv4() => {
-                            format!("host replication {user} {}/32 scram-sha-256", a.ip())
-                        }
-                        Ok(a) => format!("host replication {user} {}/128 scram-sha-256", a.ip()),
-                        Err(_) => format!("host replication {user} <client address> scram-sha-256"),
-                    };
-                    (Box::new(s), hba)
+            let (io, hba_line, session): (BoxTransport, String, Option<TlsSession>) = match &target
+            {
+                Target::Tcp {
+                    addr,
+                    port,
+                    tls_name,
+                } => {
+                    let (tcp, hba) = tcp_connect(addr, *port, &peer, user).await?;
+                    match &connector {
+                        None => (Box::new(tcp), hba, None),
+                        Some(c) => match start_tls(tcp, c, tls_name, mode, direct, &peer).await {
+                            Ok((io, session)) => (io, hba, session),
+                            Err(e) if mode == SslMode::Prefer => {
+                                tracing::warn!(
+                                    %peer,
+                                    error = %e.one_line(),
+                                    "TLS to PostgreSQL failed with sslmode=prefer: connecting without TLS"
+                                );
+                                let (tcp, hba) = tcp_connect(addr, *port, &peer, user).await?;
+                                (Box::new(tcp), hba, None)
+                            }
+                            Err(e) => return Err(e),
+                        },
+                    }
                 }
                 #[cfg(unix)]
                 Target::Unix { path } => {
@@ -911,10 +1101,11 @@ impl ReplicationClient {
                     (
                         Box::new(s),
                         format!("local replication {user} scram-sha-256"),
+                        None,
                     )
                 }
             };
-            Self::connect_with(io, peer.clone(), hba_line, &params).await
+            Self::connect_with(io, peer.clone(), hba_line, &params, session.as_ref()).await
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
@@ -924,26 +1115,36 @@ impl ReplicationClient {
         }
     }
 
-    /// Startup over an already connected transport (TCP, Unix socket, later TLS).
+    /// Startup over an already connected transport (TCP, Unix socket, TLS).
     async fn connect_with(
         io: BoxTransport,
         peer: String,
         hba_line: String,
         p: &StartupParams<'_>,
+        tls: Option<&TlsSession>,
     ) -> Result<Self> {
         let cx = ErrorContext {
             user: p.user.to_string(),
             hba_line,
         };
         let mut conn = Conn::new(io, peer, cx);
-        conn.startup(p).await?;
+        conn.startup(p, tls).await?;
         tracing::debug!(
             peer = %conn.peer,
             pid = ?conn.backend_pid,
+            tls = tls.is_some(),
             server_version = ?conn.params.get("server_version"),
             "replication connection ready"
         );
-        Ok(ReplicationClient { conn })
+        Ok(ReplicationClient {
+            conn,
+            tls: tls.is_some(),
+        })
+    }
+
+    /// Whether the connection is encrypted with TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The server's `server_version` as reported at startup.
@@ -1412,6 +1613,7 @@ mod tests {
             dbname: Some("db"),
             application_name: "test",
             extra_options: None,
+            channel_binding: CbPolicy::Prefer,
         }
     }
 
@@ -1426,6 +1628,7 @@ mod tests {
             "fake".into(),
             "host replication u 1.2.3.4/32 scram-sha-256".into(),
             &params(password),
+            None,
         )
         .await;
         (r, h)

@@ -4,13 +4,15 @@
 //!
 //! Memory is bounded: rows stream from COPY into Arrow builders, which are encoded into the
 //! current part's Parquet every [`ROW_GROUP_ROWS`] rows; a part is written as an object every
-//! `part_rows` rows.
+//! `part_rows` rows. Tables with a single integer primary key are copied in key-ordered chunks
+//! of one part each, so the pipeline can record progress per part and resume after a crash
+//! (see `pipeline::postgres` for how a resumed range hands over to the stream).
 
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_postgres::Client;
 
-use crate::change::{Op, RowMeta, SchemaRef, TableId, Value};
+use crate::change::{ColumnType, Op, RowMeta, SchemaRef, TableId, TableSchema, Value};
 use crate::error::{Error, Result};
 use crate::output::{Layout, ObjectOutput};
 use crate::parquet::{ParquetFileWriter, TableBatchBuilder};
@@ -39,42 +41,121 @@ pub async fn import(client: &Client, snapshot_name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Copies one table; returns the number of rows. The client must be inside [`import`]'s
-/// transaction. Objects are `snapshot_id=<id>/part-NNNNN.parquet`; a replay writes the same keys.
-pub async fn copy_table(
+/// How a table is copied: in keyset chunks when its primary key is one integer column (then
+/// progress survives a restart at chunk granularity), else in one COPY.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPlan {
+    /// Single-column integer primary key: its name in the source and index in the schema.
+    Integer {
+        column: String,
+        index: usize,
+    },
+    Whole,
+}
+
+impl KeyPlan {
+    /// The plan for copying a table whose primary key columns are `source_key` (source names).
+    pub fn for_copy(schema: &TableSchema, source_key: &[String]) -> KeyPlan {
+        match (Self::for_schema(schema), source_key) {
+            (KeyPlan::Integer { index, .. }, [column]) => KeyPlan::Integer {
+                column: column.clone(),
+                index,
+            },
+            _ => KeyPlan::Whole,
+        }
+    }
+
+    /// The plan from the schema alone (column name as written in the output).
+    pub fn for_schema(schema: &TableSchema) -> KeyPlan {
+        let mut keys = schema.columns.iter().enumerate().filter(|(_, c)| c.key);
+        match (keys.next(), keys.next()) {
+            (Some((index, c)), None)
+                if matches!(
+                    c.ty,
+                    ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64
+                ) =>
+            {
+                KeyPlan::Integer {
+                    column: c.name.clone(),
+                    index,
+                }
+            }
+            _ => KeyPlan::Whole,
+        }
+    }
+
+    /// The integer key of a row, for [`KeyPlan::Integer`].
+    pub fn key_of(&self, values: &[Value]) -> Option<i64> {
+        let KeyPlan::Integer { index, .. } = self else {
+            return None;
+        };
+        match values.get(*index)? {
+            Value::I16(v) => Some(i64::from(*v)),
+            Value::I32(v) => Some(i64::from(*v)),
+            Value::I64(v) => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+/// One COPY of a table range into part objects.
+pub struct CopyRange<'a> {
+    pub schema: &'a SchemaRef,
+    pub plan: &'a KeyPlan,
+    /// Only rows whose integer key is above this (keyset pagination).
+    pub after: Option<i64>,
+    /// At most this many rows, in key order (one chunk). `None`: the whole range.
+    pub limit: Option<usize>,
+    pub part_rows: usize,
+    /// Number of the first part written.
+    pub first_part: u32,
+    /// `_ord` of the first row.
+    pub first_ord: u64,
+    /// Write a part even when the range is empty (so an empty table has a snapshot file).
+    pub write_empty: bool,
+}
+
+/// What a [`CopyRange`] wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Copied {
+    pub rows: u64,
+    pub parts: u32,
+    /// Largest integer key copied.
+    pub last_key: Option<i64>,
+}
+
+/// Copies a range of a table into `snapshot_id=<id>/part-NNNNN.parquet` objects. The client
+/// must be inside an imported snapshot ([`import`]). Part keys depend only on part numbers, so
+/// a replay overwrites the same keys.
+pub async fn copy_range(
     client: &Client,
-    table: &TableId,
+    r: &CopyRange<'_>,
     meta: &SnapshotMeta<'_>,
-    part_rows: usize,
     layout: &Layout,
     output: &dyn ObjectOutput,
-    progress: bool,
-) -> Result<u64> {
-    let (oid, schema) = catalog::table_schema(client, table).await?;
-    let estimate: f32 = client
-        .query_one(
-            "select greatest(reltuples, 0)::float4 from pg_class where oid = $1",
-            &[&oid],
-        )
-        .await?
-        .get(0);
-    let bar = progress_bar(table, estimate as u64, progress);
-    let cols = schema
-        .columns
-        .iter()
-        .map(|c| catalog::quote_ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "copy (select {cols} from {}) to stdout",
-        catalog::quote_table(table)
-    );
+    bar: &ProgressBar,
+) -> Result<Copied> {
+    let schema = r.schema;
+    let table = &schema.id;
+    // `*` is the schema's column order (attnum); names may differ from the source's
+    // (TableSchema::with_output_names), so they are not spelled out.
+    let mut sql = format!("copy (select * from {}", catalog::quote_table(table));
+    if let KeyPlan::Integer { column, .. } = r.plan {
+        let key = catalog::quote_ident(column);
+        if let Some(after) = r.after {
+            sql.push_str(&format!(" where {key} > {after}"));
+        }
+        sql.push_str(&format!(" order by {key}"));
+        if let Some(limit) = r.limit {
+            sql.push_str(&format!(" limit {limit}"));
+        }
+    }
+    sql.push_str(") to stdout");
     let stream = client.copy_out(sql.as_str()).await?;
     futures_util::pin_mut!(stream);
 
-    let mut part = Part::new(&schema)?;
-    let mut part_no = 0u32;
-    let mut rows = 0u64;
+    let mut part = Part::new(schema)?;
+    let mut out = Copied::default();
     let mut line = Vec::new();
     let mut fields = Vec::new();
     let mut values = Vec::with_capacity(schema.columns.len());
@@ -84,29 +165,28 @@ pub async fn copy_table(
         while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
             line.extend_from_slice(&rest[..nl]);
             rest = &rest[nl + 1..];
-            decode_line(&schema, &line, &mut fields, &mut values)?;
+            decode_line(schema, &line, &mut fields, &mut values)?;
+            line.clear();
             let m = RowMeta {
                 op: Op::Snapshot,
                 pos: meta.pos,
-                ord: rows,
+                ord: r.first_ord + out.rows,
                 commit_ts: meta.taken_at,
                 xid: None,
             };
             part.push(&m, &values)?;
-            line.clear();
-            rows += 1;
-            if part.rows == part_rows {
-                let full = std::mem::replace(&mut part, Part::new(&schema)?);
-                output
-                    .put(
-                        &layout.snapshot_key(table, meta.snapshot_id, part_no),
-                        full.finish()?,
-                    )
-                    .await?;
-                part_no += 1;
+            if let Some(k) = r.plan.key_of(&values) {
+                out.last_key = Some(out.last_key.map_or(k, |l: i64| l.max(k)));
             }
-            if rows.is_multiple_of(4096) {
-                bar.set_position(rows);
+            out.rows += 1;
+            if part.rows == r.part_rows {
+                let full = std::mem::replace(&mut part, Part::new(schema)?);
+                let key = layout.snapshot_key(table, meta.snapshot_id, r.first_part + out.parts);
+                output.put(&key, full.finish()?).await?;
+                out.parts += 1;
+            }
+            if out.rows.is_multiple_of(4096) {
+                bar.inc(4096);
             }
         }
         line.extend_from_slice(rest);
@@ -114,18 +194,37 @@ pub async fn copy_table(
     if !line.is_empty() {
         return Err(Error::data(format!("COPY of {table} ended inside a row")));
     }
-    // Always write the last part, even empty: an empty table still has a snapshot.
-    if part.rows > 0 || part_no == 0 {
-        output
-            .put(
-                &layout.snapshot_key(table, meta.snapshot_id, part_no),
-                part.finish()?,
-            )
-            .await?;
+    bar.inc(out.rows % 4096);
+    if part.rows > 0 || (r.write_empty && out.parts == 0) {
+        let key = layout.snapshot_key(table, meta.snapshot_id, r.first_part + out.parts);
+        output.put(&key, part.finish()?).await?;
+        out.parts += 1;
     }
-    bar.finish_and_clear();
-    tracing::info!(table = %table, rows, parts = part_no + 1, "snapshot copied");
-    Ok(rows)
+    Ok(out)
+}
+
+/// A progress bar for one table's copy (hidden when `enabled` is false): rows/s and ETA
+/// against the planner's row estimate.
+pub async fn table_progress(
+    client: &Client,
+    table: &TableId,
+    done: u64,
+    enabled: bool,
+) -> Result<ProgressBar> {
+    if !enabled {
+        return Ok(ProgressBar::hidden());
+    }
+    let estimate: f32 = client
+        .query_one(
+            "select greatest(reltuples, 0)::float4 from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+             where n.nspname = $1 and c.relname = $2",
+            &[&table.schema, &table.name],
+        )
+        .await?
+        .get(0);
+    let bar = progress_bar(table, (estimate as u64).max(done), true);
+    bar.set_position(done);
+    Ok(bar)
 }
 
 fn decode_line(

@@ -1,0 +1,151 @@
+//! The `tidemark` command line: preflight findings with their fixes, one-line errors, exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use tidemark_e2e::harness::{self, Scenario};
+
+/// `tidemark <sub>` for scenario `s` with an explicit source URL.
+fn with_url(s: &Scenario, sub: &str, url: &str, tables: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(harness::bin());
+    c.args([sub, "--pipeline", &s.name, "--source-url", url])
+        .env("TIDEMARK_STATE_HOME", s.state())
+        .env("TIDEMARK_LOG", "warn");
+    for t in tables {
+        c.args(["--table", t]);
+    }
+    c
+}
+
+fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn check_reports_each_problem_with_its_fix() {
+    let c = harness::sql().await;
+    let s = Scenario::new("check");
+    let (good, nopk, nothing) = (
+        format!("g_{}", s.name),
+        format!("n_{}", s.name),
+        format!("x_{}", s.name),
+    );
+    c.batch_execute(&format!(
+        "create table {good} (id int primary key); create table {nopk} (a int); \
+         create table {nothing} (id int primary key); alter table {nothing} replica identity nothing;"
+    ))
+    .await
+    .unwrap();
+
+    let (code, out, err) = run(s
+        .command("check", &[&format!("public.{good}")], &[])
+        .env("TIDEMARK_LOG", "warn"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok    wal_level") && out.contains("may replicate"),
+        "{out}"
+    );
+
+    let tables = [
+        format!("public.{good}"),
+        format!("public.{nopk}"),
+        format!("public.{nothing}"),
+        "public.missing_table".into(),
+    ];
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let (code, out, _) = run(s.command("check", &tables, &[]).env("TIDEMARK_LOG", "warn"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("{nopk} has no primary key"))
+            && out.contains("REPLICA IDENTITY FULL"),
+        "{out}"
+    );
+    assert!(
+        out.contains("REPLICA IDENTITY NOTHING") && out.contains("REPLICA IDENTITY DEFAULT"),
+        "{out}"
+    );
+    assert!(out.contains("public.missing_table does not exist"), "{out}");
+
+    // A role without REPLICATION is told how to grant it.
+    let role = format!("r_{}", s.name);
+    let admin = harness::admin_sql().await;
+    admin
+        .batch_execute(&format!(
+            "drop role if exists {role}; create role {role} login password 'pw'"
+        ))
+        .await
+        .unwrap();
+    let url = harness::pg_url().replacen("tidemark:tidemark@", &format!("{role}:pw@"), 1);
+    let (code, out, _) = run(&mut with_url(
+        &s,
+        "check",
+        &url,
+        &[&format!("public.{good}")],
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("ALTER ROLE {role} REPLICATION")),
+        "{out}"
+    );
+    c.batch_execute(&format!("drop table {good}, {nopk}, {nothing}"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("drop role {role}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn configuration_errors_are_one_clear_line_with_exit_code_2() {
+    let s = Scenario::new("cli");
+    // Not a PostgreSQL URL.
+    let (code, _, err) = run(&mut with_url(&s, "run", "mysql://x@127.0.0.1/db", &[]));
+    assert_eq!(code, 2, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("postgres://"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("Error {"),
+        "{err}"
+    );
+
+    // Wrong password: said plainly, the password never printed.
+    let url = harness::pg_url().replacen("tidemark:tidemark@", "tidemark:s3cret-wrong@", 1);
+    let (code, _, err) = run(&mut with_url(&s, "run", &url, &[]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("password"), "{err}");
+    assert!(
+        !err.contains("s3cret-wrong"),
+        "the password leaked into the output: {err}"
+    );
+
+    // No pipeline at all: the message says what to pass.
+    let (code, _, err) = run(std::process::Command::new(harness::bin())
+        .arg("status")
+        .env_remove("TIDEMARK_PIPELINE"));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--pipeline") || err.contains("--config"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn help_explains_the_commands() {
+    let (code, out, _) = run(std::process::Command::new(harness::bin()).arg("--help"));
+    assert_eq!(code, 0);
+    for word in ["run", "status", "check", "reset", "snapshot", "durable"] {
+        assert!(out.contains(word), "--help lacks {word:?}:\n{out}");
+    }
+    let (_, out, _) = run(std::process::Command::new(harness::bin()).args(["run", "--help"]));
+    assert!(
+        out.contains("--until-caught-up") && out.contains("--table"),
+        "{out}"
+    );
+}
