@@ -149,3 +149,74 @@ async fn help_explains_the_commands() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn config_file_run_then_status_reports_position_lag_and_retained_wal() {
+    let c = harness::sql().await;
+    let s = Scenario::new("cfg");
+    let t = format!("c_{}", s.name);
+    c.batch_execute(&format!(
+        "create table {t} (id int primary key, x text); insert into {t} values (1, 'a'), (2, 'b');"
+    ))
+    .await
+    .unwrap();
+    std::fs::create_dir_all(s.dir.path()).unwrap();
+    let cfg = s.dir.path().join("pipeline.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "pipeline = \"{}\"\n[source]\nurl = \"{}\"\ntables = [\"public.{t}\"]\n[output]\nurl = \"file://{}\"\n[batch]\nflush_interval_ms = 200\n",
+            s.name,
+            harness::pg_url(),
+            s.out().display()
+        ),
+    )
+    .unwrap();
+    let tm = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(harness::bin());
+        cmd.args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .env("TIDEMARK_STATE_HOME", s.state())
+            .env("TIDEMARK_LOG", "warn");
+        run(&mut cmd)
+    };
+    let (code, _, err) = tm(&["run", "--until-caught-up"]);
+    assert_eq!(code, 0, "{err}");
+    c.batch_execute(&format!("update {t} set x = 'c' where id = 1"))
+        .await
+        .unwrap();
+    let (code, _, err) = tm(&["run", "--until-caught-up"]);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = tm(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["pipeline"], s.name.as_str());
+    assert_eq!(st["state"], "STOPPED", "{st}");
+    assert!(
+        st["position"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("postgres ")),
+        "{st}"
+    );
+    assert!(
+        st["lag_bytes"].is_i64() && st["lag_seconds"].is_f64(),
+        "{st}"
+    );
+    assert!(st["slot_wal_retained_bytes"].is_i64(), "{st}");
+    assert_eq!(st["snapshot"]["done"], true, "{st}");
+    let (_, text, _) = tm(&["status"]);
+    assert!(
+        text.contains("lag") && text.contains("WAL retained"),
+        "{text}"
+    );
+
+    let rows = s.output_rows(&format!("public.{t}"), "id, x, _op");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(
+        (rows[2]["x"].as_str(), rows[2]["_op"].as_str()),
+        (Some("c"), Some("U"))
+    );
+    s.cleanup(&c).await;
+}

@@ -389,3 +389,44 @@ async fn reserved_and_case_colliding_column_names_are_renamed() {
     assert_eq!(snap[0]["d"], "2001-02-03");
     s.cleanup(&c).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublished_traffic_pins_no_wal() {
+    let c = harness::sql().await;
+    let s = Scenario::new("idle");
+    let (published, other) = (format!("p_{}", s.name), format!("o_{}", s.name));
+    c.batch_execute(&format!(
+        "create table {published} (id int primary key); create table {other} (id int primary key, b text);"
+    ))
+    .await
+    .unwrap();
+    let q = format!("public.{published}");
+    s.run_until_caught_up(&[&q]);
+    // Only unpublished traffic: nothing for this pipeline, yet its slot must not hold the WAL.
+    c.batch_execute(&format!(
+        "insert into {other} select g, repeat('x', 500) from generate_series(1, 20000) g"
+    ))
+    .await
+    .unwrap();
+    let target: String = c
+        .query_one("select pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    s.run_until_caught_up(&[&q]);
+    let slot = format!("tidemark_{}", s.name);
+    let row = c
+        .query_one(
+            "select confirmed_flush_lsn >= $1::text::pg_lsn, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 \
+             from pg_replication_slots where slot_name = $2",
+            &[&target, &slot],
+        )
+        .await
+        .unwrap();
+    let (advanced, behind): (bool, i64) = (row.get(0), row.get(1));
+    assert!(
+        advanced,
+        "confirmed_flush_lsn did not reach {target}: {behind} bytes behind"
+    );
+    s.cleanup(&c).await;
+}

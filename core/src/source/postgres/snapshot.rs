@@ -294,9 +294,16 @@ fn progress_bar(table: &TableId, estimate: u64, enabled: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(estimate.max(1));
     let style = ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {human_pos}/{human_len} rows  {per_sec}  ETA {eta}",
+        "{prefix} [{bar:30}] {human_pos}/{human_len} rows  {rate} rows/s  ETA {eta}",
     )
-    .map(|s| s.progress_chars("=> "));
+    .map(|s| {
+        s.progress_chars("=> ").with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{}", indicatif::HumanCount(state.per_sec() as u64));
+            },
+        )
+    });
     if let Ok(s) = style {
         bar.set_style(s);
     }
