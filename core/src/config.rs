@@ -44,12 +44,44 @@ pub struct SourceConfig {
     /// Copy existing rows before streaming (default true).
     #[serde(default = "yes")]
     pub snapshot: bool,
+    /// AWS Secrets Manager secret holding the password: a plain string, or JSON with a
+    /// `password` key (the RDS format). Read once at start-up; never logged.
+    #[serde(default)]
+    pub password_secret_arn: Option<String>,
+    /// The resolved password (from the secret), if any. Never serialized or printed.
+    #[serde(skip)]
+    pub password: Option<Secret>,
+}
+
+/// A value that must never appear in logs: `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
-    /// `file:///path` (default `./tidemark-out`).
+    /// `file:///path` or `s3://bucket/prefix` (default `./tidemark-out`).
     #[serde(default)]
     pub url: Option<String>,
     /// Key prefix inside the output.
@@ -60,9 +92,22 @@ pub struct OutputConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PositionsConfig {
-    /// `file:///dir`; default the state directory (`$TIDEMARK_STATE_HOME`, ...).
+    /// `file:///dir` or `dynamodb://table`; default the state directory (`$TIDEMARK_STATE_HOME`, ...).
     #[serde(default)]
     pub url: Option<String>,
+    /// Seconds a worker's lease on the pipeline lasts without renewal (renewed every third).
+    /// A worker that cannot renew in time stops writing; a standby takes over after it.
+    #[serde(default)]
+    pub lease_ttl_secs: Option<u64>,
+    /// Create a missing DynamoDB table (on-demand) instead of failing.
+    #[serde(default)]
+    pub create_table: bool,
+}
+
+impl PositionsConfig {
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs.unwrap_or(30).max(1))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +290,19 @@ mod tests {
         );
         assert!(c.source.snapshot);
         assert_eq!(c.batch.max_rows, 200_000);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s} {s:?}"), "*** ***");
+        let mut c = Config::from_toml(
+            "pipeline = \"p\"\n[source]\nurl = \"postgres://u@h/d\"\n",
+            "t",
+        )
+        .unwrap();
+        c.source.password = Some(s);
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

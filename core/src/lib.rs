@@ -5,9 +5,12 @@
 //! (where objects go and how keys are named), [`store`] (position stores), [`pipeline`] (the
 //! drive loop and the commit protocol), [`config`].
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod change;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod output;
 pub mod parquet;
 pub mod pipeline;

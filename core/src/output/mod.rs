@@ -5,6 +5,8 @@
 
 pub mod layout;
 pub mod local;
+#[cfg(feature = "aws")]
+pub mod s3;
 
 use crate::BoxFuture;
 use crate::error::Result;
@@ -26,17 +28,21 @@ pub trait ObjectOutput: Send + Sync {
     fn url(&self) -> String;
 }
 
-/// Opens an output from its URL (`file:///path` or a plain path).
-pub fn open(url: &str) -> Result<Box<dyn ObjectOutput>> {
+/// Opens an output from its URL: `file:///path` (or a plain path), or `s3://bucket/prefix`.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn ObjectOutput>> {
     if let Some(rest) = url.strip_prefix("file://") {
-        return Ok(Box::new(LocalDir::new(rest)?));
+        return Ok(std::sync::Arc::new(LocalDir::new(rest)?));
+    }
+    #[cfg(feature = "aws")]
+    if url.starts_with("s3://") {
+        return s3::open(url).await;
     }
     if url.contains("://") {
         return Err(crate::Error::config(format!(
-            "unsupported output {url:?}: use file:///path (S3 output is not available in this build yet)"
+            "unsupported output {url:?}: use file:///path or s3://bucket/prefix"
         )));
     }
-    Ok(Box::new(LocalDir::new(url)?))
+    Ok(std::sync::Arc::new(LocalDir::new(url)?))
 }
 
 /// The conformance suite every [`ObjectOutput`] implementation must pass.

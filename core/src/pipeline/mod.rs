@@ -13,6 +13,7 @@
 //! position covers. So the output holds every source row exactly once.
 
 pub mod batch;
+pub mod lease;
 pub mod status;
 
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ pub async fn load_and_recover(
         Some(cp) => cp,
         None => {
             let first = Checkpoint::new(pipeline).next();
-            store.save(None, &first).await?;
+            store.save(None, &first, None).await?;
             first
         }
     };
@@ -51,7 +52,7 @@ pub async fn load_and_recover(
     }
     let mut next = cp.next();
     next.intent = None;
-    store.save(cp.expected(), &next).await?;
+    store.save(cp.expected(), &next, None).await?;
     Ok(next)
 }
 
@@ -73,7 +74,7 @@ pub async fn commit_batch(
             to,
             keys: objects.iter().map(|(k, _)| k.clone()).collect(),
         });
-        store.save(cur.expected(), &with_intent).await?;
+        store.save(cur.expected(), &with_intent, None).await?;
         cur = with_intent;
         for (key, bytes) in objects {
             output.put(&key, bytes).await?;
@@ -85,7 +86,7 @@ pub async fn commit_batch(
     if last_commit_ts.is_some() {
         committed.last_commit_ts = last_commit_ts;
     }
-    store.save(cur.expected(), &committed).await?;
+    store.save(cur.expected(), &committed, None).await?;
     Ok(committed)
 }
 
@@ -168,7 +169,7 @@ mod tests {
             to: pos(20),
             keys: vec!["a/2.parquet".into()],
         });
-        store.save(cp.expected(), &with_intent).await.unwrap();
+        store.save(cp.expected(), &with_intent, None).await.unwrap();
         out.put("a/2.parquet", b"2".to_vec()).await.unwrap();
 
         let recovered = load_and_recover(&store, &out, "p").await.unwrap();

@@ -1,6 +1,7 @@
 //! The PostgreSQL pipeline: publication and slot set-up, the initial snapshot with hand-off, and
 //! the streaming loop that batches rows and runs the commit protocol.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -10,7 +11,9 @@ use crate::change::{Op, RowMeta, Value};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::output::{Layout, ObjectOutput};
-use crate::pipeline::{Batch, PipelineState, StatusFile, commit_batch, elapsed, load_and_recover};
+use crate::pipeline::{
+    Batch, PipelineState, StatusFile, commit_batch, elapsed, lease, load_and_recover,
+};
 use crate::position::{Lsn, PgPosition};
 use crate::source::postgres::replication::ReplicationClient;
 use crate::source::postgres::snapshot::{self, CopyRange, KeyPlan, SnapshotMeta};
@@ -26,13 +29,14 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// One PostgreSQL → Parquet pipeline.
 pub struct PgPipeline {
     pub config: Config,
-    pub output: Box<dyn ObjectOutput>,
-    pub store: Box<dyn PositionStore>,
+    pub output: Arc<dyn ObjectOutput>,
+    pub store: Arc<dyn PositionStore>,
     /// Draw a progress bar for snapshots (on a terminal).
     pub progress: bool,
     pub status: Option<StatusFile>,
     /// Return `Ok` once everything up to this WAL position is durable (`--until-caught-up`).
     pub stop_at: Option<Lsn>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// What the snapshot steps share: the SQL session inside the snapshot, key layout, stop signal.
@@ -60,7 +64,46 @@ impl PgPipeline {
 
     /// Runs until `shutdown` turns true (then flushes, commits, acks and returns `Ok`) or an error.
     /// Retryable errors leave the checkpoint consistent: call `run` again to resume.
-    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    ///
+    /// First takes the pipeline's lease (waiting while another worker holds it); every write of
+    /// the run is fenced by it. A `Conflict` error means the lease was lost: stop writing.
+    pub async fn run(&mut self, shutdown: watch::Receiver<bool>) -> Result<()> {
+        self.set_state(PipelineState::Connecting);
+        let ttl = self.config.positions.lease_ttl();
+        let owner = lease::owner_id();
+        let Some(holder) = lease::acquire(
+            self.store.as_ref(),
+            &self.config.pipeline,
+            &owner,
+            ttl,
+            shutdown.clone(),
+        )
+        .await?
+        else {
+            self.set_state(PipelineState::Stopped);
+            return Ok(());
+        };
+        let renewal = lease::spawn_renewal(self.store.clone(), holder.clone(), ttl);
+        let (store, output) = (self.store.clone(), self.output.clone());
+        self.store = Arc::new(lease::FencedStore {
+            inner: store.clone(),
+            holder: holder.clone(),
+        });
+        self.output = Arc::new(lease::FencedOutput {
+            inner: output.clone(),
+            holder: holder.clone(),
+        });
+        let result = self.run_leased(shutdown).await;
+        self.store = store;
+        self.output = output;
+        renewal.abort();
+        if result.is_ok() {
+            lease::release(self.store.as_ref(), &holder).await;
+        }
+        result
+    }
+
+    async fn run_leased(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         self.set_state(PipelineState::Connecting);
         let layout = Layout::new(&self.config.output.prefix, &self.config.pipeline);
         let mut cp = load_and_recover(
@@ -70,7 +113,7 @@ impl PgPipeline {
         )
         .await?;
 
-        let pg = connect::parse_url(&self.config.source.url)?;
+        let pg = connect::source_settings(&self.config.source)?;
         let sql = connect::sql_connect(&pg, "tidemark").await?;
         check::require_logical_wal(&sql).await?;
         let publication = self.config.publication();
@@ -129,6 +172,7 @@ impl PgPipeline {
             acked,
             server_wal_end: Lsn::ZERO,
             skips: Vec::new(),
+            last_flush: std::time::Instant::now(),
         };
         if let Some(s) = run.cp.snapshot.as_ref() {
             run.skips = s
@@ -162,6 +206,9 @@ impl PgPipeline {
                     }
                 }
                 _ = tick.tick() => {
+                    if let Some(st) = &mut self.status {
+                        st.heartbeat();
+                    }
                     if elapsed(run.batch.started(), flush_every)
                         && let Err(e) = run.flush(self).await
                     {
@@ -208,7 +255,7 @@ impl PgPipeline {
             .filter(|s| !s.done && slot_now.is_some());
         let (mut cp, point, snapshot_name, _temp_conn) = match resumable {
             Some(progress) => {
-                let pg = connect::parse_url(&self.config.source.url)?;
+                let pg = connect::source_settings(&self.config.source)?;
                 let mut temp = ReplicationClient::connect(&pg, "tidemark-snapshot").await?;
                 let created = create_temporary_slot(&mut temp, slot).await?;
                 tracing::info!(
@@ -244,7 +291,7 @@ impl PgPipeline {
                     current: None,
                     skips: vec![],
                 });
-                self.store.save(cp.expected(), &next).await?;
+                self.store.save(cp.expected(), &next, None).await?;
                 (next, point, created.snapshot_name, None)
             }
         };
@@ -289,7 +336,7 @@ impl PgPipeline {
             s.done = true;
             s.current = None;
         }
-        self.store.save(cp.expected(), &next).await?;
+        self.store.save(cp.expected(), &next, None).await?;
         tracing::info!(
             tables = tables.len(),
             consistent_point = %progress.consistent_point,
@@ -337,7 +384,7 @@ impl PgPipeline {
                 }
             }
         }
-        self.store.save(cp.expected(), &next).await?;
+        self.store.save(cp.expected(), &next, None).await?;
         Ok(next)
     }
 
@@ -422,7 +469,7 @@ impl PgPipeline {
                     s.current = Some(progress.clone());
                 }
             }
-            self.store.save(cp.expected(), &next).await?;
+            self.store.save(cp.expected(), &next, None).await?;
             cp = next;
             if finished {
                 break;
@@ -475,6 +522,7 @@ struct StreamRun {
     server_wal_end: Lsn,
     /// Ranges a resumed snapshot copied at a later point (empty once the stream is past them).
     skips: Vec<SkipRule>,
+    last_flush: std::time::Instant,
 }
 
 impl StreamRun {
@@ -619,6 +667,18 @@ impl StreamRun {
         .await?;
         self.durable = to;
         self.acked.advance(to.ack_lsn);
+        let since = self.last_flush.elapsed().as_secs_f64().max(1e-3);
+        self.last_flush = std::time::Instant::now();
+        p.metrics.batch(&crate::metrics::BatchMetrics {
+            rows,
+            objects: n_objects as u64,
+            bytes: bytes as u64,
+            batch_ms: started.elapsed().as_millis() as u64,
+            rows_per_sec: rows as f64 / since,
+            lag_seconds: last_ts
+                .map(|ts| ((crate::store::now_ms() * 1000 - ts).max(0) as f64) / 1e6),
+            lag_bytes: Some(self.server_wal_end.0.saturating_sub(to.ack_lsn.0)),
+        });
         if rows > 0 {
             tracing::info!(
                 rows,

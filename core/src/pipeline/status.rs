@@ -38,6 +38,7 @@ pub struct StatusReport {
 pub struct StatusFile {
     path: PathBuf,
     report: StatusReport,
+    written: Option<std::time::Instant>,
 }
 
 impl StatusFile {
@@ -53,6 +54,18 @@ impl StatusFile {
                 last_error: None,
                 updated_at: now_rfc3339(),
             },
+            written: None,
+        }
+    }
+
+    /// Rewrites the file when it is older than 10 s, so a health check can tell a quiet but
+    /// live worker from a hung one.
+    pub fn heartbeat(&mut self) {
+        if self
+            .written
+            .is_none_or(|w| w.elapsed() >= std::time::Duration::from_secs(10))
+        {
+            self.write();
         }
     }
 
@@ -76,6 +89,7 @@ impl StatusFile {
 
     fn write(&mut self) {
         self.report.updated_at = now_rfc3339();
+        self.written = Some(std::time::Instant::now());
         let res = serde_json::to_vec_pretty(&self.report)
             .map_err(std::io::Error::other)
             .and_then(|b| {
@@ -95,5 +109,35 @@ impl StatusFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+impl StatusReport {
+    /// Healthy: a live state, written within `max_age`.
+    pub fn healthy(&self, max_age: std::time::Duration) -> std::result::Result<(), String> {
+        let live = matches!(
+            self.state,
+            PipelineState::Connecting
+                | PipelineState::Snapshotting
+                | PipelineState::Streaming
+                | PipelineState::Reconnecting
+        );
+        if !live {
+            return Err(format!(
+                "state {:?}{}",
+                self.state,
+                self.last_error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        let age = chrono::DateTime::parse_from_rfc3339(&self.updated_at)
+            .map(|t| chrono::Utc::now().signed_duration_since(t))
+            .map_err(|_| "unreadable updated_at".to_string())?;
+        if age.num_milliseconds() > max_age.as_millis() as i64 {
+            return Err(format!("no heartbeat for {} s", age.num_seconds()));
+        }
+        Ok(())
     }
 }

@@ -4,7 +4,14 @@
 //! snapshot, and the write intent of the batch being written. Every save is a compare-and-swap
 //! on [`Checkpoint::version`], so a stale writer can never overwrite a newer checkpoint, and a
 //! position never moves backwards.
+//!
+//! Beside the checkpoint each pipeline has a [`Lease`]: one worker writes, others wait. Taking
+//! over an expired lease increments its epoch, and a save presenting a lease succeeds only while
+//! the stored lease has that owner and epoch, so a worker that lost its lease (paused past its
+//! TTL, partitioned) can never commit again.
 
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 pub mod local;
 
 use serde::{Deserialize, Serialize};
@@ -150,6 +157,76 @@ impl Checkpoint {
     }
 }
 
+/// The exclusive right of `owner` to write `pipeline` until `expires_at_ms` (UNIX ms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub pipeline: String,
+    pub owner: String,
+    /// Fencing token: incremented whenever another owner takes the lease over.
+    pub epoch: u64,
+    pub expires_at_ms: i64,
+}
+
+impl Lease {
+    /// Whether the lease is still held at `now_ms`, keeping `margin_ms` in reserve.
+    pub fn is_live(&self, now_ms: i64, margin_ms: i64) -> bool {
+        now_ms.saturating_add(margin_ms) < self.expires_at_ms
+    }
+}
+
+/// Wall-clock milliseconds since the UNIX epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The lease decision every store makes inside its conditional write: `owner` may take the
+/// lease `stored` (none, expired, or already its own). Returns the new lease.
+pub fn grant_lease(
+    stored: Option<&Lease>,
+    pipeline: &str,
+    owner: &str,
+    ttl_ms: i64,
+    now: i64,
+) -> Result<Lease> {
+    let epoch = match stored {
+        None => 1,
+        Some(l) if l.owner == owner => l.epoch,
+        Some(l) if l.expires_at_ms <= now => l.epoch + 1,
+        Some(l) => {
+            return Err(Error::conflict(format!(
+                "pipeline {pipeline:?} is being run by {} (lease for {} ms more)",
+                l.owner,
+                l.expires_at_ms - now
+            )));
+        }
+    };
+    Ok(Lease {
+        pipeline: pipeline.to_string(),
+        owner: owner.to_string(),
+        epoch,
+        expires_at_ms: now + ttl_ms,
+    })
+}
+
+/// Checks that a writer presenting `presented` still holds the stored lease.
+pub fn check_lease(stored: Option<&Lease>, presented: Option<&Lease>) -> Result<()> {
+    let Some(p) = presented else { return Ok(()) };
+    match stored {
+        Some(s) if s.owner == p.owner && s.epoch == p.epoch => Ok(()),
+        Some(s) => Err(Error::conflict(format!(
+            "lost the lease on pipeline {:?}: now held by {} (epoch {}); this worker stops writing",
+            p.pipeline, s.owner, s.epoch
+        ))),
+        None => Err(Error::conflict(format!(
+            "the lease on pipeline {:?} is gone; this worker stops writing",
+            p.pipeline
+        ))),
+    }
+}
+
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -198,32 +275,63 @@ pub fn check_transition(
     Ok(())
 }
 
-/// Durable, conditional storage of checkpoints.
+/// Durable, conditional storage of checkpoints and leases.
 ///
 /// Contract: `save` stores `next` only if the stored version equals `expected` (`None`: nothing
-/// stored yet) and [`check_transition`] allows it; otherwise it fails with
+/// stored yet), [`check_transition`] allows it, and — when `lease` is given — the stored lease
+/// has the same owner and epoch ([`check_lease`]); otherwise it fails with
 /// [`crate::ErrorKind::Conflict`] and stores nothing. A save that returned `Ok` survives a crash.
+/// Lease operations are conditional in the same way ([`grant_lease`]).
 pub trait PositionStore: Send + Sync {
     fn load<'a>(&'a self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<Checkpoint>>>;
-    fn save<'a>(&'a self, expected: Option<u64>, next: &'a Checkpoint)
-    -> BoxFuture<'a, Result<()>>;
-    /// Removes a pipeline's checkpoint (`tidemark reset`).
+    fn save<'a>(
+        &'a self,
+        expected: Option<u64>,
+        next: &'a Checkpoint,
+        lease: Option<&'a Lease>,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Removes a pipeline's checkpoint and lease (`tidemark reset`).
     fn delete<'a>(&'a self, pipeline: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Takes the lease for `owner` for `ttl_ms`: when none is held, it expired, or `owner`
+    /// holds it. A takeover from another owner increments the epoch.
+    fn acquire_lease<'a>(
+        &'a self,
+        pipeline: &'a str,
+        owner: &'a str,
+        ttl_ms: i64,
+    ) -> BoxFuture<'a, Result<Lease>>;
+    /// Extends `lease` by `ttl_ms` from now, if its owner and epoch still hold it.
+    fn renew_lease<'a>(&'a self, lease: &'a Lease, ttl_ms: i64) -> BoxFuture<'a, Result<Lease>>;
+    /// Ends `lease` now if it is still held, so a waiting worker can take over at once.
+    fn release_lease<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<()>>;
+    /// The current lease, if any (for `status`).
+    fn lease<'a>(&'a self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<Lease>>>;
     fn url(&self) -> String;
 }
 
-/// Opens a store from its URL: `file:///dir`, a plain directory, or empty for the default
-/// state directory ([`local::default_state_dir`]).
-pub fn open(url: Option<&str>) -> Result<Box<dyn PositionStore>> {
+/// Opens a store from its URL: `file:///dir`, a plain directory, `dynamodb://table`, or empty
+/// for the default state directory ([`local::default_state_dir`]). `create_table`: create a
+/// missing DynamoDB table instead of failing.
+pub async fn open(
+    url: Option<&str>,
+    create_table: bool,
+) -> Result<std::sync::Arc<dyn PositionStore>> {
     match url {
-        None | Some("") => Ok(Box::new(LocalFileStore::new(local::default_state_dir()?)?)),
-        Some(u) if u.starts_with("file://") => {
-            Ok(Box::new(LocalFileStore::new(&u["file://".len()..])?))
-        }
+        None | Some("") => Ok(std::sync::Arc::new(LocalFileStore::new(
+            local::default_state_dir()?,
+        )?)),
+        Some(u) if u.starts_with("file://") => Ok(std::sync::Arc::new(LocalFileStore::new(
+            &u["file://".len()..],
+        )?)),
+        #[cfg(feature = "aws")]
+        Some(u) if u.starts_with("dynamodb://") => dynamodb::open(u, create_table).await,
         Some(u) if u.contains("://") => Err(Error::config(format!(
-            "unsupported position store {u:?}: use file:///dir (DynamoDB is not available in this build yet)"
+            "unsupported position store {u:?}: use file:///dir or dynamodb://table"
         ))),
-        Some(u) => Ok(Box::new(LocalFileStore::new(u)?)),
+        Some(u) => {
+            let _ = create_table;
+            Ok(std::sync::Arc::new(LocalFileStore::new(u)?))
+        }
     }
 }
 
@@ -246,9 +354,9 @@ pub mod conformance {
         assert_eq!(store.load(&p).await.unwrap(), None);
 
         let first = Checkpoint::new(&p).next();
-        store.save(None, &first).await.unwrap();
+        store.save(None, &first, None).await.unwrap();
         assert_eq!(store.load(&p).await.unwrap().as_ref(), Some(&first));
-        let again = store.save(None, &first).await.unwrap_err();
+        let again = store.save(None, &first, None).await.unwrap_err();
         assert_eq!(again.kind(), ErrorKind::Conflict, "create is conditional");
 
         let mut intent = first.next();
@@ -257,21 +365,24 @@ pub mod conformance {
             to: pos(100).unwrap(),
             keys: vec!["a/b.parquet".into()],
         });
-        store.save(first.expected(), &intent).await.unwrap();
+        store.save(first.expected(), &intent, None).await.unwrap();
         assert_eq!(store.load(&p).await.unwrap().unwrap().intent, intent.intent);
 
         let mut committed = intent.next();
         committed.position = pos(100);
         committed.intent = None;
         committed.last_commit_ts = Some(1_700_000_000_000_000);
-        store.save(intent.expected(), &committed).await.unwrap();
+        store
+            .save(intent.expected(), &committed, None)
+            .await
+            .unwrap();
 
         // A stale writer (still holding `intent`) cannot overwrite.
         let mut stale = intent.next();
         stale.position = pos(200);
         assert_eq!(
             store
-                .save(intent.expected(), &stale)
+                .save(intent.expected(), &stale, None)
                 .await
                 .unwrap_err()
                 .kind(),
@@ -282,10 +393,10 @@ pub mod conformance {
         // Positions never move backwards.
         let mut back = committed.next();
         back.position = pos(50);
-        assert!(store.save(committed.expected(), &back).await.is_err());
+        assert!(store.save(committed.expected(), &back, None).await.is_err());
         let mut fwd = committed.next();
         fwd.position = pos(300);
-        store.save(committed.expected(), &fwd).await.unwrap();
+        store.save(committed.expected(), &fwd, None).await.unwrap();
         assert_eq!(store.load(&p).await.unwrap().unwrap().position, pos(300));
 
         // Pipelines are independent.
@@ -294,6 +405,71 @@ pub mod conformance {
         store.delete(&p).await.unwrap();
         assert_eq!(store.load(&p).await.unwrap(), None);
         store.delete(&p).await.unwrap();
+
+        leases(store).await;
+    }
+
+    /// Leases: one owner at a time, takeover only after expiry with a new epoch, fenced saves.
+    pub async fn leases(store: &dyn PositionStore) {
+        let p = format!("lease-{:x}", fastrand::u64(..));
+        let a = store.acquire_lease(&p, "worker-a", 60_000).await.unwrap();
+        assert_eq!((a.owner.as_str(), a.epoch), ("worker-a", 1));
+        assert_eq!(store.lease(&p).await.unwrap().as_ref(), Some(&a));
+        let e = store
+            .acquire_lease(&p, "worker-b", 60_000)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "a live lease is exclusive");
+        assert!(e.to_string().contains("worker-a"), "{e}");
+        let again = store.acquire_lease(&p, "worker-a", 60_000).await.unwrap();
+        assert_eq!(
+            again.epoch, 1,
+            "re-acquiring one's own lease keeps the epoch"
+        );
+
+        // Fenced saves: the holder may write, also before the first checkpoint exists.
+        let first = Checkpoint::new(&p).next();
+        store.save(None, &first, Some(&again)).await.unwrap();
+        let renewed = store.renew_lease(&again, 60_000).await.unwrap();
+        assert!(renewed.expires_at_ms >= again.expires_at_ms);
+        assert_eq!(
+            store.load(&p).await.unwrap().as_ref(),
+            Some(&first),
+            "renewal keeps the checkpoint"
+        );
+
+        // A short lease expires; another worker takes over with a new epoch.
+        let short = store.acquire_lease(&p, "worker-a", 300).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+        let b = store.acquire_lease(&p, "worker-b", 60_000).await.unwrap();
+        assert_eq!((b.owner.as_str(), b.epoch), ("worker-b", 2));
+
+        // The old holder is fenced out of saves and renewals.
+        let mut next = first.next();
+        next.position = pos(10);
+        let e = store
+            .save(first.expected(), &next, Some(&short))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert_eq!(
+            store.renew_lease(&short, 60_000).await.unwrap_err().kind(),
+            ErrorKind::Conflict
+        );
+        assert_eq!(store.load(&p).await.unwrap().as_ref(), Some(&first));
+        store.save(first.expected(), &next, Some(&b)).await.unwrap();
+
+        // Releasing lets the next worker in at once.
+        store.release_lease(&b).await.unwrap();
+        let c = store.acquire_lease(&p, "worker-c", 60_000).await.unwrap();
+        assert_eq!(c.epoch, 3);
+        store.release_lease(&b).await.unwrap(); // no longer ours: a no-op
+        assert_eq!(
+            store.lease(&p).await.unwrap().map(|l| l.owner),
+            Some("worker-c".to_string())
+        );
+        store.delete(&p).await.unwrap();
+        assert_eq!(store.lease(&p).await.unwrap(), None);
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tidemark_core::config::Config;
+use tidemark_core::metrics::Metrics;
 use tidemark_core::pipeline::{Backoff, PgPipeline, PipelineState, StatusFile};
 use tidemark_core::source::postgres::{catalog, check, connect};
 use tidemark_core::store;
@@ -54,6 +55,14 @@ enum Command {
         #[command(flatten)]
         pipeline: PipelineArgs,
     },
+    /// Container health check: exit 0 while the local worker is live (status file fresh).
+    Health {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Unhealthy when the worker has not written its status for this long.
+        #[arg(long, default_value_t = 60)]
+        max_age_secs: u64,
+    },
     /// Forget a pipeline's position (and drop its slot), so the next run takes a new snapshot.
     Reset {
         #[command(flatten)]
@@ -78,15 +87,25 @@ struct PipelineArgs {
     /// Source URL, postgres://user[:password]@host:port/db (password also from TIDEMARK_SOURCE_PASSWORD).
     #[arg(long, env = "TIDEMARK_SOURCE_URL", hide_env_values = true)]
     source_url: Option<String>,
+    /// AWS Secrets Manager ARN of the source password (plain, or JSON with "password").
+    #[arg(long, env = "TIDEMARK_SOURCE_PASSWORD_SECRET_ARN")]
+    source_password_secret_arn: Option<String>,
     /// Table to capture (schema.table); repeat for more. Default: the config's list, else all tables.
     #[arg(long = "table", value_name = "TABLE")]
     tables: Vec<String>,
-    /// Output: file:///path (default ./tidemark-out).
+    /// Output: file:///path or s3://bucket/prefix (default ./tidemark-out).
     #[arg(long, env = "TIDEMARK_OUTPUT")]
     output: Option<String>,
-    /// Position store: file:///dir (default $TIDEMARK_STATE_HOME, $XDG_STATE_HOME/tidemark, ~/.local/state/tidemark).
+    /// Position store: file:///dir or dynamodb://table (default $TIDEMARK_STATE_HOME,
+    /// $XDG_STATE_HOME/tidemark, ~/.local/state/tidemark).
     #[arg(long, env = "TIDEMARK_POSITIONS")]
     positions: Option<String>,
+    /// Create the DynamoDB positions table when it does not exist.
+    #[arg(long)]
+    create_table: bool,
+    /// Seconds a worker's lease lasts unrenewed (default 30); a standby takes over after it.
+    #[arg(long, env = "TIDEMARK_LEASE_TTL_SECS")]
+    lease_ttl_secs: Option<u64>,
 }
 
 #[derive(Args)]
@@ -108,6 +127,13 @@ struct RunArgs {
     /// Retries of a lost connection before giving up (state ERROR).
     #[arg(long, default_value_t = 10, env = "TIDEMARK_MAX_RETRIES")]
     max_retries: u32,
+    /// After SIGTERM/Ctrl-C, seconds to flush and commit before exiting anyway (keep it below
+    /// the container's stop timeout, 30 s by default on ECS).
+    #[arg(long, default_value_t = 25, env = "TIDEMARK_STOP_TIMEOUT_SECS")]
+    stop_timeout_secs: u64,
+    /// Emit CloudWatch Embedded Metric Format lines on stdout: auto = when stdout is not a terminal.
+    #[arg(long, default_value = "auto", env = "TIDEMARK_METRICS", value_parser = ["auto", "emf", "off"])]
+    metrics: String,
     /// Stop after this many seconds (flush, commit, exit 0). For demos and benchmarks.
     #[arg(long)]
     stop_after_secs: Option<u64>,
@@ -117,7 +143,16 @@ struct RunArgs {
 }
 
 impl PipelineArgs {
-    fn config(&self) -> anyhow::Result<Config> {
+    /// The effective configuration, with the password secret (if any) resolved.
+    async fn config(&self) -> anyhow::Result<Config> {
+        let mut cfg = self.config_sync()?;
+        if let Some(arn) = cfg.source.password_secret_arn.clone() {
+            cfg.source.password = Some(tidemark_core::aws::secret_password(&arn).await?);
+        }
+        Ok(cfg)
+    }
+
+    fn config_sync(&self) -> anyhow::Result<Config> {
         let mut cfg = match &self.config {
             Some(path) => Config::load(path)?,
             None => {
@@ -152,6 +187,15 @@ impl PipelineArgs {
         }
         if let Some(p) = &self.positions {
             cfg.positions.url = Some(p.clone());
+        }
+        if self.create_table {
+            cfg.positions.create_table = true;
+        }
+        if let Some(t) = self.lease_ttl_secs {
+            cfg.positions.lease_ttl_secs = Some(t);
+        }
+        if let Some(arn) = &self.source_password_secret_arn {
+            cfg.source.password_secret_arn = Some(arn.clone());
         }
         cfg.validate()?;
         Ok(cfg)
@@ -221,13 +265,35 @@ fn main() -> ExitCode {
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Run(args) => run(args).await,
-        Command::Status { pipeline, json } => status(&pipeline.config()?, json).await,
-        Command::Check { pipeline } => check(&pipeline.config()?).await,
+        Command::Status { pipeline, json } => status(&pipeline.config().await?, json).await,
+        Command::Check { pipeline } => check(&pipeline.config().await?).await,
+        Command::Health {
+            pipeline,
+            max_age_secs,
+        } => {
+            let cfg = pipeline.config_sync()?;
+            match StatusFile::read(&state_dir(&cfg)?, &cfg.pipeline)? {
+                Some(r) => match r.healthy(Duration::from_secs(max_age_secs)) {
+                    Ok(()) => {
+                        println!("healthy: {:?}", r.state);
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(why) => {
+                        println!("unhealthy: {why}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                },
+                None => {
+                    println!("unhealthy: no status file (is the worker running?)");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Reset {
             pipeline,
             drop_slot,
             yes,
-        } => reset(&pipeline.config()?, drop_slot, yes).await,
+        } => reset(&pipeline.config().await?, drop_slot, yes).await,
     }
 }
 
@@ -269,7 +335,7 @@ fn shutdown_signal() -> watch::Receiver<bool> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut cfg = args.pipeline.config()?;
+    let mut cfg = args.pipeline.config().await?;
     if args.no_snapshot {
         cfg.source.snapshot = false;
     }
@@ -283,9 +349,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cfg.batch.snapshot_part_rows = n;
     }
     cfg.validate()?;
-    let output = output::open(&cfg.output_url())?;
+    let output = output::open(&cfg.output_url()).await?;
     let state_dir = state_dir(&cfg)?;
-    let store = store::open(cfg.positions.url.as_deref())?;
+    let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
     tracing::info!(pipeline = %cfg.pipeline, output = %output.url(), positions = %store.url(), "starting");
 
     let mut shutdown = shutdown_signal();
@@ -319,13 +385,44 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         progress: std::io::stderr().is_terminal(),
         status: Some(StatusFile::new(&state_dir, &cfg.pipeline)),
         stop_at,
+        metrics: Metrics::new(
+            &cfg.pipeline,
+            match args.metrics.as_str() {
+                "emf" => true,
+                "off" => false,
+                _ => !std::io::stdout().is_terminal(),
+            },
+        ),
     };
+    // SIGTERM drains and commits within the stop timeout; past it, exit non-zero (nothing is
+    // lost: what was not committed is replayed by the next run).
+    {
+        let mut sig = shutdown.clone();
+        let limit = Duration::from_secs(args.stop_timeout_secs);
+        tokio::spawn(async move {
+            let _ = sig.wait_for(|v| *v).await;
+            tokio::time::sleep(limit).await;
+            tracing::error!(
+                stop_timeout_secs = limit.as_secs(),
+                "could not drain within the stop timeout; exiting without the final commit"
+            );
+            std::process::exit(3);
+        });
+    }
+    let metrics = pipeline.metrics.clone();
     let mut backoff = Backoff::new(args.max_retries);
     loop {
         let started = Instant::now();
         match pipeline.run(stop_rx.clone()).await {
             Ok(()) => return Ok(ExitCode::SUCCESS),
+            Err(e) if e.kind() == ErrorKind::Conflict && !*stop_rx.borrow() => {
+                // Another worker owns the pipeline now: stop writing and stand by.
+                tracing::warn!(error = %e.one_line(), "another worker took over this pipeline; standing by");
+                metrics.error("conflict");
+                set_state(&mut pipeline, PipelineState::Connecting, Some(e.one_line()));
+            }
             Err(e) if e.is_retryable() && !*stop_rx.borrow() => {
+                metrics.error("transient");
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff.reset();
                 }
@@ -349,6 +446,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             Err(e) => {
+                metrics.error("fatal");
                 set_state(&mut pipeline, PipelineState::Error, Some(e.one_line()));
                 return Err(e.into());
             }
@@ -366,7 +464,7 @@ fn set_state(p: &mut PgPipeline, state: PipelineState, err: Option<String>) {
 /// durable. The insert (not write) position, because with `synchronous_commit = off` a
 /// transaction that has returned COMMIT may not be written yet.
 async fn current_wal_lsn(cfg: &Config) -> anyhow::Result<tidemark_core::position::Lsn> {
-    let pg = connect::parse_url(&cfg.source.url)?;
+    let pg = connect::source_settings(&cfg.source)?;
     let client = connect::sql_connect(&pg, "tidemark-status").await?;
     let lsn: String = client
         .query_one("select pg_current_wal_insert_lsn()::text", &[])
@@ -375,19 +473,23 @@ async fn current_wal_lsn(cfg: &Config) -> anyhow::Result<tidemark_core::position
     Ok(lsn.parse()?)
 }
 
+/// Where the status file goes: the local position store's directory, else the state directory.
 fn state_dir(cfg: &Config) -> anyhow::Result<PathBuf> {
-    Ok(match cfg.positions.url.as_deref() {
+    let dir = match cfg.positions.url.as_deref() {
         Some(u) if u.starts_with("file://") => PathBuf::from(&u["file://".len()..]),
         Some(u) if !u.is_empty() && !u.contains("://") => PathBuf::from(u),
         _ => store::local::default_state_dir()?,
-    })
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+    Ok(dir)
 }
 
 async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let store = store::open(cfg.positions.url.as_deref())?;
+    let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
     let cp = store.load(&cfg.pipeline).await?;
     let report = StatusFile::read(&state_dir(cfg)?, &cfg.pipeline)?;
-    let pg = connect::parse_url(&cfg.source.url)?;
+    let pg = connect::source_settings(&cfg.source)?;
     let (slot, server_error) = match connect::sql_connect(&pg, "tidemark-status").await {
         Ok(client) => (catalog::slot_info(&client, &cfg.slot()).await?, None),
         Err(e) => (None, Some(e.one_line())),
@@ -474,7 +576,7 @@ fn chrono_now_micros() -> i64 {
 }
 
 async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {
-    let pg = connect::parse_url(&cfg.source.url)?;
+    let pg = connect::source_settings(&cfg.source)?;
     let client = connect::sql_connect(&pg, "tidemark-check").await?;
     let findings = check::run(&client, &cfg.slot(), &cfg.publication(), &cfg.tables()).await?;
     let mut failed = false;
@@ -503,10 +605,10 @@ async fn reset(cfg: &Config, drop_slot: bool, yes: bool) -> anyhow::Result<ExitC
             cfg.pipeline
         );
     }
-    let store = store::open(cfg.positions.url.as_deref())?;
+    let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
     store.delete(&cfg.pipeline).await?;
     if drop_slot {
-        let pg = connect::parse_url(&cfg.source.url)?;
+        let pg = connect::source_settings(&cfg.source)?;
         let client = connect::sql_connect(&pg, "tidemark-reset").await?;
         client
             .execute(

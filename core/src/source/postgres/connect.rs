@@ -45,6 +45,16 @@ impl ConnectSettings for Config {
     }
 }
 
+/// The connection settings of a configured source: its URL, with the password resolved from a
+/// secret (if configured) taking precedence over the URL and the environment.
+pub fn source_settings(src: &crate::config::SourceConfig) -> Result<PgSource> {
+    let mut pg = parse_url(&src.url)?;
+    if let Some(p) = &src.password {
+        pg.config.password(p.expose());
+    }
+    Ok(pg)
+}
+
 /// Parses a `postgres://` URL. A password missing from the URL is taken from
 /// `TIDEMARK_SOURCE_PASSWORD`, else `PGPASSWORD`. The password never appears in errors.
 /// TLS parameters: `sslmode` (disable, prefer, require, verify-ca, verify-full), `sslrootcert`,

@@ -1,0 +1,50 @@
+//! AWS SDK configuration shared by the S3 output and the DynamoDB position store.
+//!
+//! Credentials and region come from the standard AWS chain (environment, profile, SSO, ECS task
+//! role, instance metadata). The standard `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`,
+//! `AWS_ENDPOINT_URL_DYNAMODB`) points the clients at a local emulator.
+
+use aws_config::BehaviorVersion;
+
+/// Loads the SDK configuration once per process (cheap to clone).
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+/// Whether an endpoint override is set (a local emulator): S3 then uses path-style addressing.
+pub fn endpoint_overridden() -> bool {
+    ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
+}
+
+/// The password stored in a Secrets Manager secret: its `password` field when the secret is
+/// JSON (the RDS format), else the whole string.
+pub async fn secret_password(arn: &str) -> crate::Result<crate::config::Secret> {
+    use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+    let client = aws_sdk_secretsmanager::Client::new(&sdk_config().await);
+    let out = client.get_secret_value().secret_id(arn).send().await.map_err(|e| {
+        let code = e.code().unwrap_or("unknown").to_string();
+        let kind = match code.as_str() {
+            "ResourceNotFoundException" | "AccessDeniedException" | "DecryptionFailure" | "InvalidParameterException" => {
+                crate::ErrorKind::Config
+            }
+            _ => crate::ErrorKind::Transient,
+        };
+        crate::Error::new(kind, format!("cannot read the password secret {arn}: {code} (check the ARN and secretsmanager:GetSecretValue)"))
+    })?;
+    let raw = out
+        .secret_string()
+        .ok_or_else(|| crate::Error::config(format!("secret {arn} has no string value")))?;
+    let password = match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(serde_json::Value::Object(m)) => m
+            .get("password")
+            .and_then(|p| p.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                crate::Error::config(format!("secret {arn} is JSON without a \"password\" field"))
+            })?,
+        _ => raw.to_string(),
+    };
+    Ok(crate::config::Secret::new(password))
+}

@@ -1,0 +1,1092 @@
+//! The DynamoDB position store: `dynamodb://<table>`, one item per pipeline, every write
+//! conditional.
+//!
+//! # Item layout
+//!
+//! One table whose only key is the partition key `pk` (string). Each pipeline is one item:
+//!
+//! | attribute          | type | content |
+//! |--------------------|------|---------|
+//! | `pk`               | S    | `pipeline#<name>` (partition key). Reserved for per-shard items: `pipeline#<name>#shard#<id>` |
+//! | `version`          | N    | [`Checkpoint::version`]: the compare-and-swap token of saves |
+//! | `checkpoint`       | S    | the [`Checkpoint`] as JSON: the source of truth |
+//! | `position`         | S    | the committed position, human-readable, for consoles (absent while none) |
+//! | `updated_at`       | S    | RFC 3339 time of the last save |
+//! | `lease_owner`      | S    | the worker holding the [`Lease`] |
+//! | `lease_epoch`      | N    | fencing token: +1 whenever another owner takes the lease over |
+//! | `lease_expires_at` | N    | lease expiry, UNIX milliseconds (0 after a release) |
+//!
+//! Checkpoint and lease attributes are written independently: saves never touch the lease
+//! attributes and lease operations never change `version`. So an item may hold only a lease
+//! (acquired before the first save) or only a checkpoint (saved without a lease). Pipeline names
+//! use the local store's alphabet (letters, digits, `.`, `_`, `-`), so they never contain `#`
+//! and cannot collide with the per-shard keys.
+//!
+//! # Writes
+//!
+//! Save and acquire read the item with a consistent read, make the same decision as the local
+//! store ([`check_lease`], [`check_transition`], [`grant_lease`]), and write with an
+//! `UpdateItem` whose condition is the state they decided on, so a concurrent writer makes the
+//! write fail instead of being overwritten. Renew and release are a single conditional write:
+//!
+//! | operation       | condition |
+//! |-----------------|-----------|
+//! | save            | `version = :expected` (`attribute_not_exists(version)` for the first save), and with a lease `lease_owner = :owner AND lease_epoch = :epoch` |
+//! | acquire lease   | the observed lease: `attribute_not_exists(lease_owner)`, or `lease_owner`, `lease_epoch` and `lease_expires_at` unchanged |
+//! | renew / release | `lease_owner = :owner AND lease_epoch = :epoch` (a failed release is a no-op) |
+//! | delete          | none: `tidemark reset` removes the item whatever it holds |
+//!
+//! # Errors
+//!
+//! A failed condition is [`ErrorKind::Conflict`] (another worker). Throttling, 5xx, timeouts and
+//! connection failures are [`ErrorKind::Transient`], after the SDK's own standard retries (8
+//! attempts unless configured otherwise). A missing table, access denied (naming the missing
+//! `dynamodb:` permission), rejected credentials or no region are [`ErrorKind::Config`].
+//!
+//! Permissions: `dynamodb:DescribeTable`, `GetItem`, `UpdateItem`, `DeleteItem` on the table
+//! (and `CreateTable` with `--create-table`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
+};
+
+use crate::BoxFuture;
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::{
+    Checkpoint, Lease, PositionStore, check_lease, check_transition, grant_lease, now_ms,
+};
+
+/// A DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
+
+const PK: &str = "pk";
+const VERSION: &str = "version";
+const CHECKPOINT: &str = "checkpoint";
+const POSITION: &str = "position";
+const UPDATED_AT: &str = "updated_at";
+const LEASE_OWNER: &str = "lease_owner";
+const LEASE_EPOCH: &str = "lease_epoch";
+const LEASE_EXPIRES_AT: &str = "lease_expires_at";
+
+/// SDK attempts per request (standard retry mode) unless the AWS configuration sets another.
+const MAX_ATTEMPTS: u32 = 8;
+/// How long `open` waits for a table to become ACTIVE.
+const TABLE_ACTIVE_WAIT: Duration = Duration::from_secs(120);
+/// Conditional-write rounds of one `acquire_lease` before giving up on a contended lease.
+const ACQUIRE_ROUNDS: usize = 4;
+
+/// Opens `dynamodb://table`: checks that the table exists with the expected key (creating it
+/// when `create_table` is set).
+pub async fn open(url: &str, create_table: bool) -> Result<Arc<dyn PositionStore>> {
+    Ok(Arc::new(DynamoStore::open(url, create_table).await?))
+}
+
+/// Checkpoints and leases in one DynamoDB table (layout in the module documentation).
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+/// What one pipeline item holds.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Stored {
+    checkpoint: Option<Checkpoint>,
+    lease: Option<Lease>,
+}
+
+/// The result of a conditional write.
+enum Outcome {
+    Written,
+    /// The condition failed; the item as it is now.
+    Rejected(Box<Stored>),
+}
+
+impl DynamoStore {
+    /// Opens `dynamodb://table` with the standard AWS configuration ([`crate::aws::sdk_config`]).
+    /// A missing table is created (on-demand capacity, waiting until ACTIVE) when `create_table`
+    /// is set, else it is a [`ErrorKind::Config`] error saying how to create it.
+    pub async fn open(url: &str, create_table: bool) -> Result<DynamoStore> {
+        let table = parse_url(url)?;
+        let sdk = crate::aws::sdk_config().await;
+        if sdk.region().is_none() {
+            return Err(Error::config(format!(
+                "no AWS region for DynamoDB table {table}: set AWS_REGION (or a region in the AWS profile)"
+            )));
+        }
+        let store = DynamoStore::with_client(Client::from_conf(client_config(&sdk)), table);
+        store.ensure_table(create_table).await?;
+        Ok(store)
+    }
+
+    /// A store on an existing client, without checking the table.
+    pub fn with_client(client: Client, table: impl Into<String>) -> DynamoStore {
+        DynamoStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The pipeline's item exactly as stored (consistent read), for diagnostics and tests.
+    pub async fn raw_item(&self, pipeline: &str) -> Result<Option<Item>> {
+        validate_pipeline(pipeline)?;
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, key(pipeline))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, &self.table, "GetItem"))?;
+        Ok(out.item)
+    }
+
+    async fn read(&self, pipeline: &str) -> Result<Stored> {
+        match self.raw_item(pipeline).await? {
+            Some(item) => parse_item(&self.table, pipeline, &item),
+            None => Ok(Stored::default()),
+        }
+    }
+
+    /// Writes `w` to the pipeline's item if its condition holds. A failed condition yields the
+    /// current item (returned by DynamoDB, else read again).
+    async fn conditional_update(&self, pipeline: &str, w: Write) -> Result<Outcome> {
+        validate_pipeline(pipeline)?;
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, key(pipeline))
+            .update_expression(w.update)
+            .condition_expression(w.condition)
+            .set_expression_attribute_names(Some(w.names))
+            .set_expression_attribute_values(Some(w.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Outcome::Written),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                let returned = match e.err() {
+                    UpdateItemError::ConditionalCheckFailedException(c) => c.item().cloned(),
+                    _ => None,
+                };
+                let now = match returned {
+                    Some(item) => parse_item(&self.table, pipeline, &item)?,
+                    None => self.read(pipeline).await?,
+                };
+                Ok(Outcome::Rejected(Box::new(now)))
+            }
+            Err(e) => Err(sdk_error(e, &self.table, "UpdateItem")),
+        }
+    }
+
+    /// Writes `next` if the stored version is `expected` and `lease` (if any) still holds,
+    /// skipping the client-side checks `save` makes first: the server-side condition alone.
+    #[cfg(any(test, feature = "conformance"))]
+    pub async fn save_condition_only(
+        &self,
+        expected: Option<u64>,
+        next: &Checkpoint,
+        lease: Option<&Lease>,
+    ) -> Result<()> {
+        match self
+            .conditional_update(&next.pipeline, save_write(expected, next, lease)?)
+            .await?
+        {
+            Outcome::Written => Ok(()),
+            Outcome::Rejected(_) => Err(Error::conflict("condition failed")),
+        }
+    }
+
+    /// Checks the table's key schema and status, creating the table if allowed.
+    async fn ensure_table(&self, create_table: bool) -> Result<()> {
+        let t = &self.table;
+        match self.client.describe_table().table_name(t).send().await {
+            Ok(out) => {
+                let desc = out.table.ok_or_else(|| {
+                    Error::transient(format!("DescribeTable {t} returned no table"))
+                })?;
+                check_key_schema(t, desc.key_schema(), desc.attribute_definitions())?;
+                if desc.table_status() == Some(&TableStatus::Active) {
+                    return Ok(());
+                }
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                if !create_table {
+                    return Err(Error::config(format!(
+                        "DynamoDB table {t} does not exist: create it (partition key pk, string) or run with --create-table"
+                    )));
+                }
+                self.create_table().await?;
+            }
+            Err(e) => return Err(sdk_error(e, t, "DescribeTable")),
+        }
+        self.wait_active().await
+    }
+
+    async fn create_table(&self) -> Result<()> {
+        let t = &self.table;
+        let build = |e: aws_sdk_dynamodb::error::BuildError| {
+            Error::with_source(ErrorKind::Fatal, "building CreateTable", e)
+        };
+        let res = self
+            .client
+            .create_table()
+            .table_name(t)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(PK)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(build)?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(PK)
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .map_err(build)?,
+            )
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        match res {
+            Ok(_) => {
+                tracing::info!(table = %t, "created DynamoDB table");
+                Ok(())
+            }
+            // Another worker is creating it at the same time.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_in_use_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error(e, t, "CreateTable")),
+        }
+    }
+
+    /// Polls DescribeTable until the table is usable (ACTIVE or UPDATING), for a bounded time.
+    async fn wait_active(&self) -> Result<()> {
+        let t = &self.table;
+        let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_WAIT;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.client.describe_table().table_name(t).send().await {
+                Ok(out) => match out.table.as_ref().and_then(|d| d.table_status()) {
+                    Some(TableStatus::Active | TableStatus::Updating) => return Ok(()),
+                    Some(TableStatus::Creating) | None => {}
+                    Some(s) => {
+                        return Err(Error::config(format!(
+                            "DynamoDB table {t} is {}: use another table",
+                            s.as_str()
+                        )));
+                    }
+                },
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_resource_not_found_exception()) => {}
+                Err(e) => return Err(sdk_error(e, t, "DescribeTable")),
+            }
+            if tokio::time::Instant::now() + delay > deadline {
+                return Err(Error::transient(format!(
+                    "DynamoDB table {t} is not ACTIVE after {} s",
+                    TABLE_ACTIVE_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+impl PositionStore for DynamoStore {
+    fn load<'a>(&'a self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<Checkpoint>>> {
+        Box::pin(async move { Ok(self.read(pipeline).await?.checkpoint) })
+    }
+
+    fn save<'a>(
+        &'a self,
+        expected: Option<u64>,
+        next: &'a Checkpoint,
+        lease: Option<&'a Lease>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let p = next.pipeline.as_str();
+            let w = save_write(expected, next, lease)?;
+            let stored = self.read(p).await?;
+            check_lease(stored.lease.as_ref(), lease)?;
+            check_transition(stored.checkpoint.as_ref(), expected, next)?;
+            match self.conditional_update(p, w).await? {
+                Outcome::Written => Ok(()),
+                Outcome::Rejected(now) => {
+                    // Explain with the same checks against the state that won.
+                    check_lease(now.lease.as_ref(), lease)?;
+                    check_transition(now.checkpoint.as_ref(), expected, next)?;
+                    Err(Error::conflict(format!(
+                        "checkpoint of pipeline {p:?} changed during the save: another worker is running this pipeline"
+                    )))
+                }
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, pipeline: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            validate_pipeline(pipeline)?;
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key(PK, key(pipeline))
+                .send()
+                .await
+                .map_err(|e| sdk_error(e, &self.table, "DeleteItem"))?;
+            Ok(())
+        })
+    }
+
+    fn acquire_lease<'a>(
+        &'a self,
+        pipeline: &'a str,
+        owner: &'a str,
+        ttl_ms: i64,
+    ) -> BoxFuture<'a, Result<Lease>> {
+        Box::pin(async move {
+            let mut stored = self.read(pipeline).await?.lease;
+            for _ in 0..ACQUIRE_ROUNDS {
+                let granted = grant_lease(stored.as_ref(), pipeline, owner, ttl_ms, now_ms())?;
+                match self
+                    .conditional_update(pipeline, acquire_write(stored.as_ref(), &granted))
+                    .await?
+                {
+                    Outcome::Written => return Ok(granted),
+                    // Someone changed the lease since we read it: decide again on what is there now.
+                    Outcome::Rejected(now) => stored = now.lease,
+                }
+            }
+            Err(Error::conflict(format!(
+                "the lease on pipeline {pipeline:?} keeps changing: other workers are contending for it"
+            )))
+        })
+    }
+
+    fn renew_lease<'a>(&'a self, lease: &'a Lease, ttl_ms: i64) -> BoxFuture<'a, Result<Lease>> {
+        Box::pin(async move {
+            let renewed = Lease {
+                expires_at_ms: now_ms() + ttl_ms,
+                ..lease.clone()
+            };
+            match self
+                .conditional_update(&lease.pipeline, holder_write(lease, renewed.expires_at_ms))
+                .await?
+            {
+                Outcome::Written => Ok(renewed),
+                Outcome::Rejected(now) => {
+                    check_lease(now.lease.as_ref(), Some(lease))?;
+                    Err(Error::conflict(format!(
+                        "the lease on pipeline {:?} changed during its renewal; this worker stops writing",
+                        lease.pipeline
+                    )))
+                }
+            }
+        })
+    }
+
+    fn release_lease<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            // Rejected: no longer ours, nothing to release.
+            self.conditional_update(&lease.pipeline, holder_write(lease, 0))
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn lease<'a>(&'a self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<Lease>>> {
+        Box::pin(async move { Ok(self.read(pipeline).await?.lease) })
+    }
+
+    fn url(&self) -> String {
+        format!("dynamodb://{}", self.table)
+    }
+}
+
+/// The table name of `dynamodb://table`.
+fn parse_url(url: &str) -> Result<String> {
+    let table = url
+        .strip_prefix("dynamodb://")
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    let valid = (3..=255).contains(&table.len())
+        && table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !valid {
+        return Err(Error::config(format!(
+            "invalid DynamoDB position store {url:?}: use dynamodb://<table> (3-255 letters, digits, '_', '-', '.')"
+        )));
+    }
+    Ok(table.to_string())
+}
+
+/// The same pipeline names as the local store; in particular no `#`, the key separator.
+fn validate_pipeline(pipeline: &str) -> Result<()> {
+    let ok = !pipeline.is_empty()
+        && !pipeline.starts_with('.')
+        && pipeline
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "invalid pipeline name {pipeline:?}: use letters, digits, '.', '_' and '-'"
+        )))
+    }
+}
+
+/// The partition key of a pipeline's item.
+fn key(pipeline: &str) -> AttributeValue {
+    AttributeValue::S(format!("pipeline#{pipeline}"))
+}
+
+fn client_config(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Config {
+    use aws_sdk_dynamodb::config::retry::RetryConfig;
+    use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
+    let mut b = aws_sdk_dynamodb::config::Builder::from(sdk);
+    // The SDK default is 3 attempts; a position store rides out longer throttling bursts.
+    if sdk
+        .retry_config()
+        .is_none_or(|r| r.max_attempts() == RetryConfig::standard().max_attempts())
+    {
+        b = b.retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
+    }
+    // Without these a request to an unresponsive endpoint can hang a commit indefinitely.
+    let t = sdk
+        .timeout_config()
+        .cloned()
+        .unwrap_or_else(TimeoutConfig::disabled);
+    let mut tb = t.to_builder();
+    if t.operation_attempt_timeout().is_none() {
+        tb = tb.operation_attempt_timeout(Duration::from_secs(10));
+    }
+    if t.operation_timeout().is_none() {
+        tb = tb.operation_timeout(Duration::from_secs(120));
+    }
+    b.timeout_config(tb.build()).build()
+}
+
+fn check_key_schema(
+    table: &str,
+    keys: &[KeySchemaElement],
+    attrs: &[AttributeDefinition],
+) -> Result<()> {
+    let pk_is_string = attrs
+        .iter()
+        .any(|a| a.attribute_name() == PK && *a.attribute_type() == ScalarAttributeType::S);
+    let ok = matches!(keys, [k] if k.attribute_name() == PK && *k.key_type() == KeyType::Hash)
+        && pk_is_string;
+    if ok {
+        return Ok(());
+    }
+    let found: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{} ({})", k.attribute_name(), k.key_type().as_str()))
+        .collect();
+    Err(Error::config(format!(
+        "DynamoDB table {table} has key [{}]: tidemark needs a table whose only key is the partition key pk (string); use another table",
+        found.join(", ")
+    )))
+}
+
+/// One UpdateItem: update and condition expressions with their placeholders.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Write {
+    update: String,
+    condition: String,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Write {
+    /// `#attr`, registering the name.
+    fn name(&mut self, attr: &str) -> String {
+        let n = format!("#{attr}");
+        self.names.insert(n.clone(), attr.to_string());
+        n
+    }
+
+    /// `:placeholder`, registering the value.
+    fn value(&mut self, placeholder: &str, v: AttributeValue) -> String {
+        let p = format!(":{placeholder}");
+        self.values.insert(p.clone(), v);
+        p
+    }
+
+    /// `#attr = :placeholder`.
+    fn is(&mut self, attr: &str, placeholder: &str, v: AttributeValue) -> String {
+        format!("{} = {}", self.name(attr), self.value(placeholder, v))
+    }
+
+    /// `#lease_owner = :owner AND #lease_epoch = :epoch`: the presented lease still holds.
+    fn held_by(&mut self, lease: &Lease) -> String {
+        format!(
+            "{} AND {}",
+            self.is(LEASE_OWNER, "owner", s(&lease.owner)),
+            self.is(LEASE_EPOCH, "epoch", n(lease.epoch))
+        )
+    }
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_string())
+}
+
+fn n(v: impl std::fmt::Display) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// The save of `next`: checkpoint attributes only, conditional on `expected` and `lease`.
+fn save_write(expected: Option<u64>, next: &Checkpoint, lease: Option<&Lease>) -> Result<Write> {
+    let json = serde_json::to_string(next)
+        .map_err(|e| Error::with_source(ErrorKind::Fatal, "serializing checkpoint", e))?;
+    let mut w = Write::default();
+    let mut set = vec![
+        w.is(VERSION, "version", n(next.version)),
+        w.is(CHECKPOINT, "checkpoint", AttributeValue::S(json)),
+        w.is(UPDATED_AT, "updated_at", s(&next.updated_at)),
+    ];
+    let mut remove = String::new();
+    match next.position {
+        Some(p) => set.push(w.is(POSITION, "position", AttributeValue::S(p.to_string()))),
+        None => remove = format!(" REMOVE {}", w.name(POSITION)),
+    }
+    w.update = format!("SET {}{remove}", set.join(", "));
+    w.condition = match expected {
+        None => format!("attribute_not_exists({})", w.name(VERSION)),
+        Some(e) => w.is(VERSION, "expected", n(e)),
+    };
+    if let Some(l) = lease {
+        let held = w.held_by(l);
+        w.condition = format!("{} AND {held}", w.condition);
+    }
+    Ok(w)
+}
+
+/// Replaces the observed lease `stored` (none: no lease attributes) with `granted`.
+fn acquire_write(stored: Option<&Lease>, granted: &Lease) -> Write {
+    let mut w = Write::default();
+    w.update = format!(
+        "SET {}, {}, {}",
+        w.is(LEASE_OWNER, "owner", s(&granted.owner)),
+        w.is(LEASE_EPOCH, "epoch", n(granted.epoch)),
+        w.is(LEASE_EXPIRES_AT, "expires_at", n(granted.expires_at_ms))
+    );
+    w.condition = match stored {
+        None => format!("attribute_not_exists({})", w.name(LEASE_OWNER)),
+        Some(old) => format!(
+            "{} AND {} AND {}",
+            w.is(LEASE_OWNER, "old_owner", s(&old.owner)),
+            w.is(LEASE_EPOCH, "old_epoch", n(old.epoch)),
+            w.is(LEASE_EXPIRES_AT, "old_expires_at", n(old.expires_at_ms))
+        ),
+    };
+    w
+}
+
+/// Sets the expiry of `lease` (renewal, or 0 for a release) while its owner and epoch hold it.
+fn holder_write(lease: &Lease, expires_at_ms: i64) -> Write {
+    let mut w = Write::default();
+    w.update = format!(
+        "SET {}",
+        w.is(LEASE_EXPIRES_AT, "expires_at", n(expires_at_ms))
+    );
+    w.condition = w.held_by(lease);
+    w
+}
+
+/// Reads a pipeline item. Checkpoint and lease attributes are each optional as a group.
+fn parse_item(table: &str, pipeline: &str, item: &Item) -> Result<Stored> {
+    let bad = |what: &str| {
+        Error::fatal(format!(
+            "DynamoDB table {table}: the item of pipeline {pipeline:?} is not valid ({what}): repair it or remove it (tidemark reset)"
+        ))
+    };
+    let string = |attr: &str| -> Result<Option<&String>> {
+        match item.get(attr) {
+            None => Ok(None),
+            Some(v) => v
+                .as_s()
+                .map(Some)
+                .map_err(|_| bad(&format!("{attr} is not a string"))),
+        }
+    };
+    let number = |attr: &str| -> Result<Option<&String>> {
+        match item.get(attr) {
+            None => Ok(None),
+            Some(v) => v
+                .as_n()
+                .map(Some)
+                .map_err(|_| bad(&format!("{attr} is not a number"))),
+        }
+    };
+    let checkpoint = match string(CHECKPOINT)? {
+        None => None,
+        Some(json) => {
+            let cp: Checkpoint =
+                serde_json::from_str(json).map_err(|e| bad(&format!("checkpoint: {e}")))?;
+            let version = number(VERSION)?.and_then(|v| v.parse::<u64>().ok());
+            if version != Some(cp.version) {
+                return Err(bad(&format!(
+                    "version {version:?} differs from the checkpoint's {}",
+                    cp.version
+                )));
+            }
+            if cp.pipeline != pipeline {
+                return Err(bad(&format!(
+                    "holds the checkpoint of pipeline {:?}",
+                    cp.pipeline
+                )));
+            }
+            Some(cp)
+        }
+    };
+    let lease = match string(LEASE_OWNER)? {
+        None => None,
+        Some(owner) => {
+            let epoch = number(LEASE_EPOCH)?
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| bad("lease_epoch"))?;
+            let expires_at_ms = number(LEASE_EXPIRES_AT)?
+                .and_then(|v| v.parse::<i64>().ok())
+                .ok_or_else(|| bad("lease_expires_at"))?;
+            Some(Lease {
+                pipeline: pipeline.to_string(),
+                owner: owner.clone(),
+                epoch,
+                expires_at_ms,
+            })
+        }
+    };
+    Ok(Stored { checkpoint, lease })
+}
+
+/// What a DynamoDB error code (and HTTP status) means for the caller.
+fn classify(code: Option<&str>, status: Option<u16>) -> ErrorKind {
+    match code.unwrap_or("") {
+        "AccessDeniedException"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "IncompleteSignatureException"
+        | "MissingAuthenticationTokenException"
+        | "ExpiredTokenException"
+        | "InvalidClientTokenId"
+        | "ResourceNotFoundException" => ErrorKind::Config,
+        "ThrottlingException"
+        | "ProvisionedThroughputExceededException"
+        | "RequestLimitExceeded"
+        | "LimitExceededException"
+        | "InternalServerError"
+        | "ServiceUnavailable"
+        | "TransactionConflictException"
+        | "ReplicatedWriteConflictException"
+        | "ResourceInUseException" => ErrorKind::Transient,
+        "ConditionalCheckFailedException" => ErrorKind::Conflict,
+        _ if status.is_some_and(|s| s >= 500) => ErrorKind::Transient,
+        _ => ErrorKind::Fatal,
+    }
+}
+
+/// Maps an SDK error of `action` (the DynamoDB API name) on `table` to a tidemark error.
+fn sdk_error<E>(err: SdkError<E, HttpResponse>, table: &str, action: &str) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let (kind, message) = match &err {
+        SdkError::ServiceError(se) => {
+            let code = err.code();
+            let kind = classify(code, Some(se.raw().status().as_u16()));
+            let detail = format!(
+                "{}: {}",
+                code.unwrap_or("error"),
+                err.message().unwrap_or("no message")
+            );
+            let message = match code {
+                Some("AccessDeniedException") => format!(
+                    "access denied to DynamoDB table {table}: allow dynamodb:{action} on it for this worker's AWS identity ({detail})"
+                ),
+                Some("ResourceNotFoundException") => format!(
+                    "DynamoDB table {table} does not exist: create it (partition key pk, string) or run with --create-table"
+                ),
+                _ if kind == ErrorKind::Config => {
+                    format!(
+                        "DynamoDB rejected the AWS credentials ({detail}): check the credentials and region"
+                    )
+                }
+                _ => format!("DynamoDB {action} on table {table} failed: {detail}"),
+            };
+            (kind, message)
+        }
+        SdkError::DispatchFailure(d) if d.is_user() => (
+            ErrorKind::Config,
+            format!("cannot send DynamoDB {action} for table {table}: check AWS_ENDPOINT_URL"),
+        ),
+        SdkError::DispatchFailure(d) if d.is_other() && no_credentials(&err) => (
+            ErrorKind::Config,
+            format!(
+                "no AWS credentials for DynamoDB table {table}: configure credentials (environment, profile, or role)"
+            ),
+        ),
+        SdkError::ConstructionFailure(_) => (
+            ErrorKind::Fatal,
+            format!("cannot build DynamoDB {action} for table {table}"),
+        ),
+        _ => (
+            ErrorKind::Transient,
+            format!("DynamoDB {action} on table {table} failed"),
+        ),
+    };
+    Error::with_source(kind, message, err)
+}
+
+/// Whether the error chain says the credential chain found nothing (not a transient fetch failure).
+fn no_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if s.contains("no providers in chain provided credentials")
+            || s.contains("credential provider was not enabled")
+            || s.contains("credentials provider was not properly configured")
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::position::{Lsn, PgPosition};
+    use crate::store::SourcePosition;
+
+    fn lease(owner: &str, epoch: u64, expires_at_ms: i64) -> Lease {
+        Lease {
+            pipeline: "p".into(),
+            owner: owner.into(),
+            epoch,
+            expires_at_ms,
+        }
+    }
+
+    fn sv(w: &Write, placeholder: &str) -> String {
+        let v = &w.values[placeholder];
+        v.as_s().or_else(|_| v.as_n()).unwrap().clone()
+    }
+
+    /// Every placeholder used is defined and every one defined is used (DynamoDB rejects both).
+    fn assert_placeholders_match(w: &Write) {
+        let text = format!("{} {}", w.update, w.condition);
+        let used: std::collections::BTreeSet<String> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '#' || c == ':'))
+            .filter(|t| t.starts_with('#') || t.starts_with(':'))
+            .map(str::to_string)
+            .collect();
+        let defined: std::collections::BTreeSet<String> =
+            w.names.keys().chain(w.values.keys()).cloned().collect();
+        assert_eq!(used, defined, "{w:?}");
+    }
+
+    #[test]
+    fn first_save_requires_no_version() {
+        let cp = Checkpoint::new("p").next();
+        let w = save_write(None, &cp, None).unwrap();
+        assert_eq!(w.condition, "attribute_not_exists(#version)");
+        assert_eq!(
+            w.update,
+            "SET #version = :version, #checkpoint = :checkpoint, #updated_at = :updated_at REMOVE #position"
+        );
+        assert_eq!(sv(&w, ":version"), "1");
+        assert_eq!(
+            serde_json::from_str::<Checkpoint>(&sv(&w, ":checkpoint")).unwrap(),
+            cp
+        );
+        assert_placeholders_match(&w);
+    }
+
+    #[test]
+    fn fenced_save_requires_version_and_lease() {
+        let mut cp = Checkpoint::new("p").next().next();
+        cp.position = Some(SourcePosition::Postgres(PgPosition::complete(
+            Lsn(100),
+            Lsn(108),
+        )));
+        let w = save_write(Some(1), &cp, Some(&lease("w-a", 3, 99))).unwrap();
+        assert_eq!(
+            w.condition,
+            "#version = :expected AND #lease_owner = :owner AND #lease_epoch = :epoch"
+        );
+        assert!(
+            w.update.starts_with("SET ")
+                && w.update.contains("#position = :position")
+                && !w.update.contains("REMOVE")
+        );
+        assert!(
+            !w.update.contains("lease"),
+            "saves never touch lease attributes: {}",
+            w.update
+        );
+        assert_eq!(
+            (sv(&w, ":expected"), sv(&w, ":version")),
+            ("1".into(), "2".into())
+        );
+        assert_eq!(
+            (sv(&w, ":owner"), sv(&w, ":epoch")),
+            ("w-a".into(), "3".into())
+        );
+        assert_eq!(sv(&w, ":position"), cp.position.unwrap().to_string());
+        assert_placeholders_match(&w);
+    }
+
+    #[test]
+    fn acquire_is_conditional_on_the_observed_lease() {
+        let new = lease("w-b", 1, 5_000);
+        let w = acquire_write(None, &new);
+        assert_eq!(w.condition, "attribute_not_exists(#lease_owner)");
+        assert_eq!(
+            w.update,
+            "SET #lease_owner = :owner, #lease_epoch = :epoch, #lease_expires_at = :expires_at"
+        );
+        assert!(
+            !w.update.contains("version"),
+            "lease writes never change version"
+        );
+        assert_placeholders_match(&w);
+
+        let old = lease("w-a", 4, 1_000);
+        let w = acquire_write(Some(&old), &lease("w-b", 5, 5_000));
+        assert_eq!(
+            w.condition,
+            "#lease_owner = :old_owner AND #lease_epoch = :old_epoch AND #lease_expires_at = :old_expires_at"
+        );
+        assert_eq!(
+            (
+                sv(&w, ":old_owner"),
+                sv(&w, ":old_epoch"),
+                sv(&w, ":old_expires_at")
+            ),
+            ("w-a".into(), "4".into(), "1000".into())
+        );
+        assert_eq!(
+            (sv(&w, ":owner"), sv(&w, ":epoch")),
+            ("w-b".into(), "5".into())
+        );
+        assert_placeholders_match(&w);
+    }
+
+    #[test]
+    fn renew_and_release_require_owner_and_epoch() {
+        let w = holder_write(&lease("w-a", 2, 10), 0);
+        assert_eq!(w.update, "SET #lease_expires_at = :expires_at");
+        assert_eq!(
+            w.condition,
+            "#lease_owner = :owner AND #lease_epoch = :epoch"
+        );
+        assert_eq!(sv(&w, ":expires_at"), "0");
+        assert_placeholders_match(&w);
+    }
+
+    /// The attributes `save_write` and `acquire_write` set, as DynamoDB would store them.
+    fn stored_item(cp: &Checkpoint, l: Option<&Lease>) -> Item {
+        let mut item = Item::new();
+        item.insert(PK.into(), key(&cp.pipeline));
+        let w = save_write(None, cp, None).unwrap();
+        for (attr, ph) in [
+            (VERSION, ":version"),
+            (CHECKPOINT, ":checkpoint"),
+            (UPDATED_AT, ":updated_at"),
+        ] {
+            item.insert(attr.into(), w.values[ph].clone());
+        }
+        if let Some(l) = l {
+            let w = acquire_write(None, l);
+            for (attr, ph) in [
+                (LEASE_OWNER, ":owner"),
+                (LEASE_EPOCH, ":epoch"),
+                (LEASE_EXPIRES_AT, ":expires_at"),
+            ] {
+                item.insert(attr.into(), w.values[ph].clone());
+            }
+        }
+        item
+    }
+
+    #[test]
+    fn items_map_to_checkpoint_and_lease() {
+        let cp = Checkpoint::new("p").next();
+        let l = lease("w-a", 7, 1_700_000_000_000);
+        let both = parse_item("t", "p", &stored_item(&cp, Some(&l))).unwrap();
+        assert_eq!(
+            both,
+            Stored {
+                checkpoint: Some(cp.clone()),
+                lease: Some(l.clone())
+            }
+        );
+        assert_eq!(
+            parse_item("t", "p", &stored_item(&cp, None)).unwrap().lease,
+            None
+        );
+
+        // A lease taken before the first save: no checkpoint yet.
+        let mut lease_only = stored_item(&cp, Some(&l));
+        for a in [VERSION, CHECKPOINT, UPDATED_AT] {
+            lease_only.remove(a);
+        }
+        assert_eq!(
+            parse_item("t", "p", &lease_only).unwrap(),
+            Stored {
+                checkpoint: None,
+                lease: Some(l)
+            }
+        );
+        assert_eq!(
+            parse_item("t", "p", &Item::new()).unwrap(),
+            Stored::default()
+        );
+    }
+
+    #[test]
+    fn invalid_items_are_clear_errors() {
+        let cp = Checkpoint::new("p").next();
+        let mut item = stored_item(&cp, None);
+        item.insert(VERSION.into(), n(5));
+        let e = parse_item("t", "p", &item).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Fatal);
+        assert!(e.to_string().contains("differs"), "{e}");
+
+        item.insert(CHECKPOINT.into(), s("{not json"));
+        let e = parse_item("t", "p", &item).unwrap_err();
+        assert!(
+            e.to_string().contains("table t") && e.to_string().contains("tidemark reset"),
+            "{e}"
+        );
+
+        let mut item = stored_item(&cp, Some(&lease("w", 1, 1)));
+        item.insert(LEASE_EPOCH.into(), s("one"));
+        assert!(parse_item("t", "p", &item).is_err());
+        assert!(
+            parse_item("t", "other", &stored_item(&cp, None)).is_err(),
+            "checkpoint of another pipeline"
+        );
+    }
+
+    #[test]
+    fn urls_and_names() {
+        assert_eq!(
+            parse_url("dynamodb://tidemark-positions").unwrap(),
+            "tidemark-positions"
+        );
+        assert_eq!(parse_url("dynamodb://t.a_b/").unwrap(), "t.a_b");
+        for bad in [
+            "dynamodb://",
+            "dynamodb://ab",
+            "dynamodb://a/b",
+            "dynamodb://a b c",
+        ] {
+            assert_eq!(
+                parse_url(bad).unwrap_err().kind(),
+                ErrorKind::Config,
+                "{bad}"
+            );
+        }
+        assert!(validate_pipeline("orders-1.v2_x").is_ok());
+        for bad in ["", ".hidden", "a#shard#1", "a/b"] {
+            assert!(validate_pipeline(bad).is_err(), "{bad}");
+        }
+        assert_eq!(key("orders"), s("pipeline#orders"));
+    }
+
+    #[test]
+    fn error_codes_are_classified() {
+        assert_eq!(
+            classify(Some("AccessDeniedException"), Some(400)),
+            ErrorKind::Config
+        );
+        assert_eq!(
+            classify(Some("UnrecognizedClientException"), Some(400)),
+            ErrorKind::Config
+        );
+        assert_eq!(
+            classify(Some("ResourceNotFoundException"), Some(400)),
+            ErrorKind::Config
+        );
+        assert_eq!(
+            classify(Some("ThrottlingException"), Some(400)),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            classify(Some("ProvisionedThroughputExceededException"), Some(400)),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            classify(Some("InternalServerError"), Some(500)),
+            ErrorKind::Transient
+        );
+        assert_eq!(classify(None, Some(503)), ErrorKind::Transient);
+        assert_eq!(
+            classify(Some("ConditionalCheckFailedException"), Some(400)),
+            ErrorKind::Conflict
+        );
+        assert_eq!(
+            classify(Some("ValidationException"), Some(400)),
+            ErrorKind::Fatal
+        );
+    }
+
+    #[test]
+    fn missing_credentials_are_detected_in_the_chain() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("dispatch failure")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::other(
+            "no providers in chain provided credentials",
+        ));
+        assert!(no_credentials(&e));
+        assert!(!no_credentials(&Outer(std::io::Error::other(
+            "connection refused"
+        ))));
+    }
+}
