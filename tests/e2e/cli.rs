@@ -220,3 +220,164 @@ async fn config_file_run_then_status_reports_position_lag_and_retained_wal() {
     );
     s.cleanup(&c).await;
 }
+
+#[tokio::test]
+async fn password_from_env_or_secrets_manager_is_never_logged() {
+    let admin = harness::admin_sql().await;
+    let s = Scenario::new("secret");
+    let (role, password) = (
+        format!("s_{}", s.name),
+        format!("pw-{:x}-Zq81", fastrand::u64(..)),
+    );
+    let t = format!("t_{}", s.name);
+    admin
+        .batch_execute(&format!(
+            "drop role if exists {role}; create role {role} login replication password '{password}'; grant create on database app to {role}; \
+             create table {t} (id int primary key); alter table {t} owner to {role}; insert into {t} values (1);"
+        ))
+        .await
+        .unwrap();
+    let url_without_password =
+        harness::pg_url().replacen("tidemark:tidemark@", &format!("{role}@"), 1);
+
+    // 1. From the environment.
+    let mut cmd = with_url(&s, "run", &url_without_password, &[&format!("public.{t}")]);
+    cmd.args(["--until-caught-up", "--output"])
+        .arg(format!("file://{}", s.out().display()))
+        .env("TIDEMARK_SOURCE_PASSWORD", &password)
+        .env("TIDEMARK_LOG", "debug")
+        .env("TIDEMARK_METRICS", "emf");
+    let (code, out, err) = run(&mut cmd);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains(&password) && !err.contains(&password),
+        "password leaked:\n{out}\n{err}"
+    );
+
+    // 2. From a Secrets Manager secret (RDS-style JSON) in the local emulator.
+    let python =
+        std::env::var("TIDEMARK_PYTHON").expect("TIDEMARK_PYTHON (run infra/local/stack up)");
+    let created = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import boto3, json, sys, os\n\
+             c = boto3.client('secretsmanager', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+             r = c.create_secret(Name=sys.argv[1], SecretString=json.dumps({'username': 'x', 'password': sys.argv[2]}))\n\
+             print(r['ARN'])",
+            &s.name,
+            &password,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let arn = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    admin
+        .batch_execute(&format!("insert into {t} values (2)"))
+        .await
+        .unwrap();
+    let mut cmd = with_url(&s, "run", &url_without_password, &[&format!("public.{t}")]);
+    cmd.args([
+        "--until-caught-up",
+        "--source-password-secret-arn",
+        &arn,
+        "--output",
+    ])
+    .arg(format!("file://{}", s.out().display()))
+    .env_remove("TIDEMARK_SOURCE_PASSWORD")
+    .env_remove("PGPASSWORD")
+    .env("TIDEMARK_LOG", "debug");
+    let (code, out, err) = run(&mut cmd);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains(&password) && !err.contains(&password),
+        "password leaked:\n{out}\n{err}"
+    );
+    let rows = s.output_rows(&format!("public.{t}"), "id");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+
+    // A wrong ARN is a one-line configuration error.
+    let mut cmd = with_url(&s, "check", &url_without_password, &[]);
+    cmd.args([
+        "--source-password-secret-arn",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:missing",
+    ]);
+    let (code, _, err) = run(&mut cmd);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot read the password secret"), "{err}");
+
+    s.cleanup(&admin).await;
+    admin
+        .batch_execute(&format!(
+            "drop table {t}; revoke create on database app from {role}; drop role {role}"
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn health_check_and_embedded_metric_lines() {
+    let c = harness::sql().await;
+    let s = Scenario::new("health");
+    let t = format!("h_{}", s.name);
+    c.batch_execute(&format!(
+        "create table {t} (id int primary key); insert into {t} values (1);"
+    ))
+    .await
+    .unwrap();
+    let q = format!("public.{t}");
+    let health = || run(s.command("health", &[], &[]).env("TIDEMARK_LOG", "warn"));
+
+    let (code, out, _) = health();
+    assert_eq!(code, 1, "no worker yet: {out}");
+    let mut worker = s
+        .command(
+            "run",
+            &[&q],
+            &["--flush-interval-ms", "200", "--metrics", "emf"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    c.batch_execute(&format!(
+        "insert into {t} select g from generate_series(2, 100) g"
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let (code, out, _) = health();
+    assert_eq!((code, out.trim()), (0, "healthy: Streaming"));
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    let out = worker.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let (code, text, _) = health();
+    assert_eq!(code, 1, "a stopped worker is not healthy: {text}");
+    assert!(text.contains("Stopped"), "{text}");
+
+    // stdout carries CloudWatch Embedded Metric Format lines, one JSON document each.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let batches: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "tidemark")
+        .collect();
+    let rows: i64 = batches.iter().filter_map(|v| v["Rows"].as_i64()).sum();
+    assert_eq!(rows, 99, "{stdout}");
+    assert!(
+        batches
+            .iter()
+            .any(|v| v["LagSeconds"].is_number() && v["LagBytes"].is_number()),
+        "{stdout}"
+    );
+    assert!(batches.iter().all(|v| v["Pipeline"] == s.name.as_str()));
+    s.cleanup(&c).await;
+}

@@ -43,7 +43,7 @@ impl Batch {
     pub fn started(&self) -> Option<Instant> {
         self.started
     }
-    /// Commit time of the last row pushed.
+    /// Commit time of the last row pushed since the last [`Batch::encode`].
     pub fn last_commit_ts(&self) -> Option<i64> {
         self.last_commit_ts
     }
@@ -102,6 +102,7 @@ impl Batch {
         self.rows = 0;
         self.bytes = 0;
         self.started = None;
+        self.last_commit_ts = None;
         Ok(objects)
     }
 }

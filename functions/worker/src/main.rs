@@ -488,6 +488,10 @@ fn state_dir(cfg: &Config) -> anyhow::Result<PathBuf> {
 async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
     let cp = store.load(&cfg.pipeline).await?;
+    let lease = store
+        .lease(&cfg.pipeline)
+        .await?
+        .filter(|l| l.expires_at_ms > store::now_ms());
     let report = StatusFile::read(&state_dir(cfg)?, &cfg.pipeline)?;
     let pg = connect::source_settings(&cfg.source)?;
     let (slot, server_error) = match connect::sql_connect(&pg, "tidemark-status").await {
@@ -507,6 +511,8 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
             format!("{:?}", r.state).to_uppercase()
         }
         (Some(r), _) if r.state == PipelineState::Error => "ERROR".into(),
+        // Running on another machine (no local status file): the slot is in use or the lease live.
+        (_, Some(s)) if s.active_pid.is_some() || lease.is_some() => "RUNNING".into(),
         (_, _) if cp.as_ref().is_some_and(|c| c.position.is_some()) => "STOPPED".into(),
         _ => "NEW".into(),
     };
@@ -517,6 +523,8 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         "pending_intent": cp.as_ref().and_then(|c| c.intent.as_ref()).map(|i| i.keys.len()),
         "snapshot": cp.as_ref().and_then(|c| c.snapshot.clone()),
         "updated_at": cp.as_ref().map(|c| c.updated_at.clone()),
+        "lease_owner": lease.as_ref().map(|l| l.owner.clone()),
+        "lease_epoch": lease.as_ref().map(|l| l.epoch),
         "lag_bytes": slot.as_ref().and_then(|s| s.ack_lag_bytes),
         "lag_seconds": lag_seconds,
         "slot": cfg.slot(),
@@ -550,6 +558,11 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
             show("slot_wal_status")
         );
         println!("updated         {}", show("updated_at"));
+        println!(
+            "lease           {} (epoch {})",
+            show("lease_owner"),
+            show("lease_epoch")
+        );
         if let Some(e) = doc["last_error"].as_str() {
             println!("last error      {e}");
         }
