@@ -333,7 +333,7 @@ async fn health_check_and_embedded_metric_lines() {
 
     let (code, out, _) = health();
     assert_eq!(code, 1, "no worker yet: {out}");
-    let mut worker = s
+    let worker = s
         .command(
             "run",
             &[&q],

@@ -26,7 +26,19 @@ pub trait ObjectOutput: Send + Sync {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
     /// For messages and `status`: `file:///...` or `s3://...`.
     fn url(&self) -> String;
+
+    /// A copy of this output that runs `guard` right before every attempt to send a write,
+    /// including the retries an output makes inside one call (the S3 SDK's retry loop), and
+    /// fails the write when the guard fails. `None` when the output makes no internal retries,
+    /// so checking once per call is enough.
+    fn guarded(&self, guard: AttemptGuard) -> Option<std::sync::Arc<dyn ObjectOutput>> {
+        let _ = guard;
+        None
+    }
 }
+
+/// A check run before every write attempt (see [`ObjectOutput::guarded`]).
+pub type AttemptGuard = std::sync::Arc<dyn Fn() -> Result<()> + Send + Sync>;
 
 /// Opens an output from its URL: `file:///path` (or a plain path), or `s3://bucket/prefix`.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn ObjectOutput>> {

@@ -922,6 +922,22 @@ impl ObjectOutput for S3Output {
     fn url(&self) -> String {
         self.location("")
     }
+
+    fn guarded(&self, guard: crate::output::AttemptGuard) -> Option<Arc<dyn ObjectOutput>> {
+        let conf = self
+            .client
+            .config()
+            .to_builder()
+            .interceptor(AttemptGuardInterceptor(guard))
+            .build();
+        Some(Arc::new(S3Output {
+            client: Client::from_conf(conf),
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            region: self.region.clone(),
+            opts: self.opts.clone(),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -1277,5 +1293,32 @@ mod tests {
         out.prefix.clear();
         assert_eq!(out.url(), "s3://lake-bucket");
         assert_eq!(out.object_key("a/b.parquet"), "a/b.parquet");
+    }
+}
+
+/// Runs the output's [`crate::output::AttemptGuard`] right before each request is sent, so no
+/// attempt (retries included) goes out once the guard fails — e.g. a worker that lost its lease
+/// while paused between two attempts.
+#[derive(Clone)]
+struct AttemptGuardInterceptor(crate::output::AttemptGuard);
+
+impl std::fmt::Debug for AttemptGuardInterceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttemptGuardInterceptor")
+    }
+}
+
+impl aws_sdk_s3::config::Intercept for AttemptGuardInterceptor {
+    fn name(&self) -> &'static str {
+        "tidemark-attempt-guard"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &aws_sdk_s3::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> std::result::Result<(), aws_sdk_s3::error::BoxError> {
+        (self.0)().map_err(|e| Box::new(e) as aws_sdk_s3::error::BoxError)
     }
 }

@@ -63,14 +63,20 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "host".to_string())
 }
 
-/// This worker's lease owner id: `host:pid:random`.
+/// This worker's lease owner id, `host:pid:random`: the same for the whole process, so a run
+/// that reconnects after an error re-takes its own lease at once (same epoch).
 pub fn owner_id() -> String {
-    format!(
-        "{}:{}:{:04x}",
-        host_name(),
-        std::process::id(),
-        fastrand::u16(..)
-    )
+    static OWNER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OWNER
+        .get_or_init(|| {
+            format!(
+                "{}:{}:{:04x}",
+                host_name(),
+                std::process::id(),
+                fastrand::u16(..)
+            )
+        })
+        .clone()
 }
 
 /// Takes the pipeline's lease, waiting while another worker holds it. `Ok(None)` when
@@ -196,17 +202,31 @@ impl PositionStore for FencedStore {
     }
 }
 
-/// An output whose writes and deletes require the live lease.
+/// An output whose writes and deletes require the live lease: checked before each call and,
+/// for outputs that retry internally (S3), before every attempt.
 pub struct FencedOutput {
-    pub inner: Arc<dyn ObjectOutput>,
-    pub holder: LeaseHolder,
+    inner: Arc<dyn ObjectOutput>,
+    holder: LeaseHolder,
+}
+
+impl FencedOutput {
+    pub fn new(output: Arc<dyn ObjectOutput>, holder: LeaseHolder) -> Self {
+        let check = holder.clone();
+        let guard: crate::output::AttemptGuard = Arc::new(move || check.check().map(|_| ()));
+        let inner = output.guarded(guard).unwrap_or(output);
+        FencedOutput { inner, holder }
+    }
 }
 
 impl ObjectOutput for FencedOutput {
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.holder.check()?;
-            self.inner.put(key, bytes).await
+            match self.inner.put(key, bytes).await {
+                // A write refused by the per-attempt guard surfaces as the lease conflict it is.
+                Err(e) => Err(self.holder.check().err().unwrap_or(e)),
+                ok => ok,
+            }
         })
     }
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>> {

@@ -89,10 +89,7 @@ impl PgPipeline {
             inner: store.clone(),
             holder: holder.clone(),
         });
-        self.output = Arc::new(lease::FencedOutput {
-            inner: output.clone(),
-            holder: holder.clone(),
-        });
+        self.output = Arc::new(lease::FencedOutput::new(output.clone(), holder.clone()));
         let result = self.run_leased(shutdown).await;
         self.store = store;
         self.output = output;
