@@ -197,6 +197,51 @@ mod glob {
     }
 }
 
+/// A table whose rows carry a version `v` that every update increments.
+pub async fn versioned_table(c: &tokio_postgres::Client, table: &str, rows: i64) {
+    c.batch_execute(&format!(
+        "drop table if exists {table}; \
+         create table {table} (id bigint primary key, v int not null, payload text); \
+         insert into {table} select g, 0, md5(g::text) from generate_series(1, {rows}) g;"
+    ))
+    .await
+    .unwrap();
+}
+
+/// Random inserts, updates and deletes in transactions of 1-10 statements until `stop`.
+pub async fn workload(
+    table: String,
+    first_new_id: i64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> u64 {
+    let c = sql().await;
+    let mut next = first_new_id;
+    let mut ops = 0u64;
+    while !*stop.borrow() {
+        let mut sql = String::from("begin;");
+        for _ in 0..fastrand::usize(1..=10) {
+            let id = fastrand::i64(1..next.max(2));
+            match fastrand::u8(0..10) {
+                0..=2 => {
+                    sql.push_str(&format!(
+                        "insert into {table} (id, v, payload) values ({next}, 0, md5(random()::text));"
+                    ));
+                    next += 1;
+                }
+                3..=7 => sql.push_str(&format!(
+                    "update {table} set v = v + 1, payload = md5(random()::text) where id = {id};"
+                )),
+                _ => sql.push_str(&format!("delete from {table} where id = {id};")),
+            }
+            ops += 1;
+        }
+        sql.push_str("commit;");
+        c.batch_execute(&sql).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(0..15))).await;
+    }
+    ops
+}
+
 /// Runs a query in DuckDB (the independent reader) and returns its rows as JSON objects.
 pub fn duckdb(sql: &str) -> Vec<Json> {
     let python = env("TIDEMARK_PYTHON");
