@@ -37,6 +37,9 @@ pub struct PgPipeline {
     /// Return `Ok` once everything up to this WAL position is durable (`--until-caught-up`).
     pub stop_at: Option<Lsn>,
     pub metrics: crate::metrics::Metrics,
+    /// Batches committed by this pipeline so far (all runs): tells a retry loop whether the
+    /// last run made progress.
+    pub commits: u64,
 }
 
 /// What the snapshot steps share: the SQL session inside the snapshot, key layout, stop signal.
@@ -664,6 +667,7 @@ impl StreamRun {
         .await?;
         self.durable = to;
         self.acked.advance(to.ack_lsn);
+        p.commits += 1;
         let since = self.last_flush.elapsed().as_secs_f64().max(1e-3);
         self.last_flush = std::time::Instant::now();
         p.metrics.batch(&crate::metrics::BatchMetrics {

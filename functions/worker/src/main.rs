@@ -124,7 +124,7 @@ struct RunArgs {
     /// Rows per snapshot part file (and per resumable chunk).
     #[arg(long, env = "TIDEMARK_SNAPSHOT_PART_ROWS")]
     snapshot_part_rows: Option<usize>,
-    /// Retries of a lost connection before giving up (state ERROR).
+    /// Retries of a lost connection, in a row without progress, before giving up (state ERROR).
     #[arg(long, default_value_t = 10, env = "TIDEMARK_MAX_RETRIES")]
     max_retries: u32,
     /// After SIGTERM/Ctrl-C, seconds to flush and commit before exiting anyway (keep it below
@@ -393,6 +393,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 _ => !std::io::stdout().is_terminal(),
             },
         ),
+        commits: 0,
     };
     // SIGTERM drains and commits within the stop timeout; past it, exit non-zero (nothing is
     // lost: what was not committed is replayed by the next run).
@@ -413,6 +414,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut backoff = Backoff::new(args.max_retries);
     loop {
         let started = Instant::now();
+        let commits_before = pipeline.commits;
         match pipeline.run(stop_rx.clone()).await {
             Ok(()) => return Ok(ExitCode::SUCCESS),
             Err(e) if e.kind() == ErrorKind::Conflict && !*stop_rx.borrow() => {
@@ -423,7 +425,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) if e.is_retryable() && !*stop_rx.borrow() => {
                 metrics.error("transient");
-                if started.elapsed() > Duration::from_secs(60) {
+                // A run that made progress (or lasted) starts the backoff afresh: only failures
+                // in a row without progress count towards --max-retries.
+                if pipeline.commits > commits_before || started.elapsed() > Duration::from_secs(60)
+                {
                     backoff.reset();
                 }
                 let Some(delay) = backoff.next_delay() else {
