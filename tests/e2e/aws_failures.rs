@@ -32,24 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::Client;
 
-const HINT: &str = "start the local stack with `infra/local/stack up` and `eval \"$(infra/local/stack env)\"`, or run `infra/local/test`";
-
-fn env(name: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| panic!("{name} is not set: {HINT}"))
-}
-
-/// The emulator's endpoint (never real AWS: these tests create and delete tables).
-fn endpoint() -> String {
-    let e = env("AWS_ENDPOINT_URL");
-    assert!(
-        e.starts_with("http://127.0.0.1:") || e.starts_with("http://localhost:"),
-        "AWS_ENDPOINT_URL={e} is not the local emulator: {HINT}"
-    );
-    e.trim_end_matches('/').to_string()
-}
+use harness::{STACK_HINT as HINT, aws_endpoint as endpoint, env};
 
 /// Fails (never skips) when any part of the stack is missing.
 fn require_stack() {
@@ -297,38 +280,9 @@ impl Drop for CleanupOnPanic {
                     return;
                 };
                 tokio::spawn(conn);
-                for _ in 0..25 {
-                    let _ = c
-                        .execute(
-                            "select pg_terminate_backend(active_pid) from pg_replication_slots \
-                             where slot_name = $1 and active_pid is not null",
-                            &[&slot],
-                        )
-                        .await;
-                    let _ = c
-                        .execute(
-                            "select pg_drop_replication_slot(slot_name) from pg_replication_slots \
-                             where slot_name = $1 and not active",
-                            &[&slot],
-                        )
-                        .await;
-                    let left = c
-                        .query_one(
-                            "select count(*) from pg_replication_slots where slot_name = $1",
-                            &[&slot],
-                        )
-                        .await
-                        .map(|r| r.get::<_, i64>(0))
-                        .unwrap_or(0);
-                    if left == 0 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                harness::drop_slot(&c, &slot, true).await;
                 let _ = c
-                    .batch_execute(&format!(
-                        "drop publication if exists \"{slot}\"; drop table if exists {table}"
-                    ))
+                    .batch_execute(&format!("drop table if exists {table}"))
                     .await;
             });
             if let Ok(py) = std::env::var("TIDEMARK_PYTHON") {

@@ -15,24 +15,7 @@ use tidemark_core::output::{Layout, LocalDir, ObjectOutput, conformance};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const HINT: &str = "start the AWS emulator with `infra/local/stack up aws` and `eval \"$(infra/local/stack env)\"`, or run `infra/local/test`";
-
-fn env(name: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| panic!("{name} is not set: {HINT}"))
-}
-
-/// The emulator's endpoint (never real AWS: these tests create and delete objects).
-fn endpoint() -> String {
-    let e = env("AWS_ENDPOINT_URL");
-    assert!(
-        e.starts_with("http://127.0.0.1:") || e.starts_with("http://localhost:"),
-        "AWS_ENDPOINT_URL={e} is not the local emulator: {HINT}"
-    );
-    e
-}
+use tidemark_e2e::harness::{STACK_HINT as HINT, aws_endpoint as endpoint, env};
 
 fn bucket() -> String {
     endpoint();

@@ -10,16 +10,7 @@ use std::process::Command;
 use tidemark_core::ErrorKind;
 use tidemark_core::source::postgres::connect::{parse_url, sql_connect};
 use tidemark_core::source::postgres::replication::ReplicationClient;
-use tidemark_e2e::harness::{self, Scenario};
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: start the local stack with `infra/local/stack up` and load its settings with \
-             `eval \"$(infra/local/stack env)\"`"
-        )
-    })
-}
+use tidemark_e2e::harness::{self, Scenario, env};
 
 /// The stack's CA certificate (PEM).
 fn ca() -> String {

@@ -7,10 +7,26 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: start the local stack with `infra/local/stack up` and `eval \"$(infra/local/stack env)\"`, or run `infra/local/test`")
-    })
+/// What to do when the stack's settings are missing.
+pub const STACK_HINT: &str = "start the local stack with `infra/local/stack up` and `eval \"$(infra/local/stack env)\"`, or run `infra/local/test`";
+
+/// A setting exported by `infra/local/stack env`; panics with [`STACK_HINT`] when unset or empty.
+pub fn env(name: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| panic!("{name} is not set: {STACK_HINT}"))
+}
+
+/// The AWS emulator's endpoint; refuses anything but loopback, so tests that create and delete
+/// buckets' objects and tables can never reach real AWS.
+pub fn aws_endpoint() -> String {
+    let e = env("AWS_ENDPOINT_URL");
+    assert!(
+        e.starts_with("http://127.0.0.1:") || e.starts_with("http://localhost:"),
+        "AWS_ENDPOINT_URL={e} is not the local emulator: {STACK_HINT}"
+    );
+    e.trim_end_matches('/').to_string()
 }
 
 pub fn pg_url() -> String {
@@ -148,31 +164,45 @@ impl Scenario {
 
     /// Drops the slot and publication this scenario created.
     pub async fn cleanup(&self, client: &tokio_postgres::Client) {
-        let slot = format!("tidemark_{}", self.name);
-        for _ in 0..50 {
-            let r = client
-                .query(
-                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active",
+        drop_slot(client, &format!("tidemark_{}", self.name), false).await;
+    }
+}
+
+/// Drops a replication slot (waiting up to 10 s for it to become inactive; with `terminate`,
+/// ending the walsender that holds it) and the publication of the same name. Best effort.
+pub async fn drop_slot(client: &tokio_postgres::Client, slot: &str, terminate: bool) {
+    for _ in 0..50 {
+        if terminate {
+            let _ = client
+                .execute(
+                    "select pg_terminate_backend(active_pid) from pg_replication_slots \
+                     where slot_name = $1 and active_pid is not null",
                     &[&slot],
                 )
                 .await;
-            let left = client
-                .query_one(
-                    "select count(*) from pg_replication_slots where slot_name = $1",
-                    &[&slot],
-                )
-                .await
-                .map(|r| r.get::<_, i64>(0))
-                .unwrap_or(0);
-            if r.is_ok() && left == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let _ = client
-            .batch_execute(&format!("drop publication if exists \"{slot}\""))
+        let r = client
+            .query(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active",
+                &[&slot],
+            )
             .await;
+        let left = client
+            .query_one(
+                "select count(*) from pg_replication_slots where slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        if r.is_ok() && left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let _ = client
+        .batch_execute(&format!("drop publication if exists \"{slot}\""))
+        .await;
 }
 
 mod glob {
