@@ -54,7 +54,11 @@ impl Batch {
         self.open
             .iter()
             .filter(|((t, _), _)| *t == schema.id)
-            .any(|(_, o)| o.builder.schema() != schema && **o.builder.schema() != **schema)
+            // Per row: the same Arc is the common case, compared by pointer first.
+            .any(|(_, o)| {
+                !std::sync::Arc::ptr_eq(o.builder.schema(), schema)
+                    && **o.builder.schema() != **schema
+            })
     }
 
     pub fn push(&mut self, schema: &SchemaRef, meta: &RowMeta<'_>, values: &[Value]) -> Result<()> {

@@ -253,7 +253,7 @@ impl PgPipeline {
             .snapshot
             .clone()
             .filter(|s| !s.done && slot_now.is_some());
-        let (mut cp, point, snapshot_name, _temp_conn) = match resumable {
+        let (mut cp, point, snapshot_name, temp_conn) = match resumable {
             Some(progress) => {
                 let pg = connect::source_settings(&self.config.source)?;
                 let mut temp = ReplicationClient::connect(&pg, "tidemark-snapshot").await?;
@@ -297,7 +297,7 @@ impl PgPipeline {
         };
         // The exported snapshot lives until its replication connection runs its next command.
         snapshot::import(sql, &snapshot_name).await?;
-        drop(_temp_conn);
+        drop(temp_conn);
         let taken_at: i64 = sql
             .query_one("select (extract(epoch from now()) * 1000000)::int8", &[])
             .await?

@@ -503,7 +503,7 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         Ok(client) => (catalog::slot_info(&client, &cfg.slot()).await?, None),
         Err(e) => (None, Some(e.one_line())),
     };
-    let now_us = chrono_now_micros();
+    let now_us = store::now_ms() * 1000;
     let lag_seconds = match (&slot, cp.as_ref().and_then(|c| c.last_commit_ts)) {
         (Some(s), Some(ts)) if s.ack_lag_bytes.unwrap_or(0) > 0 => {
             Some(((now_us - ts).max(0) as f64) / 1e6)
@@ -584,13 +584,6 @@ fn peak_rss_mib() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)
-}
-
-fn chrono_now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {
