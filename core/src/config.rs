@@ -28,8 +28,9 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// `postgres://user[:password]@host:port/dbname[?sslmode=...]`. The password may instead
-    /// come from `TIDEMARK_SOURCE_PASSWORD` (or `PGPASSWORD`); it is never logged.
+    /// `postgres://user[:password]@host:port/dbname[?sslmode=...]` or
+    /// `mysql://user[:password]@host:port/database` (MySQL/MariaDB). The password may instead
+    /// come from `TIDEMARK_SOURCE_PASSWORD` (or `PGPASSWORD` / `MYSQL_PWD`); it is never logged.
     pub url: String,
     /// Tables to capture (`schema.table` or `table` for `public`). Empty: every table of the
     /// publication, which is then created `FOR ALL TABLES` (needs superuser).
@@ -48,6 +49,14 @@ pub struct SourceConfig {
     /// `password` key (the RDS format). Read once at start-up; never logged.
     #[serde(default)]
     pub password_secret_arn: Option<String>,
+    /// MySQL/MariaDB: the binlog client's server_id, unique among the server's replicas and
+    /// binlog readers. Default: derived from the pipeline name (in 1000000..2^31).
+    #[serde(default)]
+    pub server_id: Option<u32>,
+    /// MySQL/MariaDB: resume reading by `gtid` (default on MariaDB: survives a failover to a
+    /// server with the same GTID history) or by `file` (file:pos of the source server).
+    #[serde(default)]
+    pub resume: Option<String>,
     /// The resolved password (from the secret), if any. Never serialized or printed.
     #[serde(skip)]
     pub password: Option<Secret>,
@@ -206,6 +215,29 @@ impl Config {
             .collect()
     }
 
+    /// Whether the source is MySQL/MariaDB (else PostgreSQL).
+    pub fn is_mysql(&self) -> bool {
+        self.source.url.starts_with("mysql://") || self.source.url.starts_with("mariadb://")
+    }
+
+    /// The binlog client's server_id: configured, else a stable hash of the pipeline name.
+    pub fn server_id(&self) -> u32 {
+        self.source.server_id.unwrap_or_else(|| {
+            let h = self
+                .pipeline
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+                });
+            1_000_000 + (h % (i32::MAX as u64 - 1_000_000)) as u32
+        })
+    }
+
+    /// Whether a MySQL/MariaDB pipeline resumes by GTID (`None`: the server decides).
+    pub fn resume_by_gtid(&self) -> Option<bool> {
+        self.source.resume.as_deref().map(|r| r == "gtid")
+    }
+
     pub fn output_url(&self) -> String {
         self.output
             .url
@@ -226,14 +258,28 @@ impl Config {
             )));
         }
         if !(self.source.url.starts_with("postgres://")
-            || self.source.url.starts_with("postgresql://"))
+            || self.source.url.starts_with("postgresql://")
+            || self.is_mysql())
         {
             return Err(Error::config(
-                "source.url must be a postgres:// URL, e.g. postgres://user@127.0.0.1:5432/dbname",
+                "source.url must be a postgres:// or mysql:// URL, e.g. postgres://user@127.0.0.1:5432/dbname or mysql://user@127.0.0.1:3306/app",
+            ));
+        }
+        if let Some(r) = self.source.resume.as_deref()
+            && r != "gtid"
+            && r != "file"
+        {
+            return Err(Error::config(format!(
+                "source.resume is {r:?}: use \"gtid\" or \"file\""
+            )));
+        }
+        if self.source.server_id == Some(0) {
+            return Err(Error::config(
+                "source.server_id must be > 0 (0 is not a valid replica server_id)",
             ));
         }
         let slot = self.slot();
-        if slot.len() > 63
+        if !self.is_mysql() && slot.len() > 63
             || !slot
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -325,12 +371,20 @@ mod tests {
                 .contains("pipeline name")
         );
         let c =
-            Config::from_toml("pipeline = \"p\"\n[source]\nurl = \"mysql://x\"\n", "t").unwrap();
+            Config::from_toml("pipeline = \"p\"\n[source]\nurl = \"oracle://x\"\n", "t").unwrap();
         assert!(
             c.validate()
                 .unwrap_err()
                 .to_string()
                 .contains("postgres://")
         );
+        let c = Config::from_toml(
+            "pipeline = \"p\"\n[source]\nurl = \"mysql://u@h/app\"\nresume = \"lsn\"\n",
+            "t",
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("gtid"));
+        assert!(c.is_mysql());
+        assert!(c.server_id() >= 1_000_000);
     }
 }

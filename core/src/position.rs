@@ -105,6 +105,122 @@ impl fmt::Display for PgPosition {
     }
 }
 
+/// A MySQL/MariaDB binlog coordinate: file name and byte offset in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+pub struct BinlogCoord {
+    pub file: String,
+    pub pos: u64,
+}
+
+impl BinlogCoord {
+    pub fn new(file: impl Into<String>, pos: u64) -> Self {
+        BinlogCoord {
+            file: file.into(),
+            pos,
+        }
+    }
+
+    /// The file's sequence number: the digits after its last `.` (`mysql-bin.000042` -> 42).
+    pub fn file_seq(&self) -> u64 {
+        self.file
+            .rsplit_once('.')
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// An order-preserving 64-bit key: `file_seq << 32 | offset` (binlog offsets are 32-bit on
+    /// the wire). Used where positions of any source are compared as [`Lsn`]s (snapshot points,
+    /// skip rules) and, sortable, as `_pos`.
+    pub fn key(&self) -> Lsn {
+        Lsn((self.file_seq() << 32) | self.pos.min(u64::from(u32::MAX)))
+    }
+}
+
+impl PartialOrd for BinlogCoord {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for BinlogCoord {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.file_seq(), &self.file, self.pos).cmp(&(other.file_seq(), &other.file, other.pos))
+    }
+}
+
+impl fmt::Display for BinlogCoord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.pos)
+    }
+}
+
+/// How far a MySQL/MariaDB pipeline's output is durable, in binlog order.
+///
+/// Transactions are identified by where they begin (their GTID or BEGIN event): the binlog holds
+/// them in commit order and the begin offset is known before the first row. `(tx, rows)`: every
+/// transaction that begins before `tx` is durable, and so are the first `rows` rows of the one
+/// beginning at `tx` (`rows == WHOLE`: all of it). Lexicographic, so a huge transaction can
+/// advance the position in several steps.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct MyPosition {
+    pub tx: BinlogCoord,
+    pub rows: u64,
+    /// Where reading resumes by file:pos: the end of the last whole durable transaction.
+    pub resume: BinlogCoord,
+    /// MariaDB GTID state (every domain, `domain-server-seq,...`) after the last whole durable
+    /// transaction; where reading resumes in GTID mode.
+    #[serde(default)]
+    pub gtid: Option<String>,
+}
+
+impl MyPosition {
+    pub const WHOLE: u64 = u64::MAX;
+
+    /// Whether row `ord` of the transaction beginning at `tx` is already durable.
+    pub fn covers(&self, tx: &BinlogCoord, ord: u64) -> bool {
+        match tx.cmp(&self.tx) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Equal => self.rows == Self::WHOLE || ord < self.rows,
+            std::cmp::Ordering::Greater => false,
+        }
+    }
+
+    /// The position before any transaction beginning at or after `at` (a snapshot point).
+    pub fn before(at: BinlogCoord, gtid: Option<String>) -> Self {
+        MyPosition {
+            tx: at.clone(),
+            rows: 0,
+            resume: at,
+            gtid,
+        }
+    }
+}
+
+impl fmt::Display for MyPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.rows {
+            Self::WHOLE => write!(f, "{}", self.resume)?,
+            0 => write!(f, "{}", self.tx)?,
+            n => write!(f, "{}+{n} rows", self.tx)?,
+        }
+        if let Some(g) = &self.gtid {
+            write!(f, " (gtid {g})")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +259,25 @@ mod tests {
         assert!(!a.covers(Lsn(100), 5));
         assert!(whole.covers(Lsn(100), 1 << 40));
         assert!(!whole.covers(Lsn(101), 0));
+    }
+
+    #[test]
+    fn binlog_coords_order_by_file_sequence() {
+        let a = BinlogCoord::new("mysql-bin.000009", 900);
+        let b = BinlogCoord::new("mysql-bin.000010", 4);
+        assert!(a < b);
+        assert!(a.key() < b.key());
+        assert_eq!(b.key(), Lsn((10 << 32) | 4));
+        let start = MyPosition::before(b.clone(), None);
+        assert!(start.covers(&a, 0));
+        assert!(!start.covers(&b, 0));
+        let part = MyPosition {
+            tx: b.clone(),
+            rows: 3,
+            resume: a.clone(),
+            gtid: None,
+        };
+        assert!(part.covers(&b, 2) && !part.covers(&b, 3));
+        assert!(start < part);
     }
 }

@@ -4,6 +4,7 @@
 //! ```text
 //! <prefix>/<source>/<schema>.<table>/snapshot/snapshot_id=<id>/part-NNNNN.parquet
 //! <prefix>/<source>/<schema>.<table>/changes/dt=YYYY-MM-DD/<first>_<last>.parquet
+//! <prefix>/<source>/_schema_history/<pos>.<n>.json
 //! ```
 //! `<first>`/`<last>` are `<pos>.<ord>` of the first and last row in the object, zero-padded so
 //! keys sort in source order.
@@ -36,6 +37,11 @@ impl Layout {
             escape(&table.schema),
             escape(&table.name)
         )
+    }
+
+    /// A schema-history record: the `n`-th statement (DDL) of the transaction at `pos`.
+    pub fn schema_history_key(&self, pos: &str, n: u32) -> String {
+        format!("{}/_schema_history/{pos}.{n:05}.json", self.root)
     }
 
     pub fn snapshot_prefix(&self, table: &TableId, snapshot_id: &str) -> String {

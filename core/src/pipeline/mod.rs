@@ -16,10 +16,15 @@ pub mod batch;
 pub mod lease;
 pub mod status;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
+use crate::config::Config;
 use crate::error::Result;
 use crate::output::ObjectOutput;
+use crate::position::Lsn;
 use crate::store::{Checkpoint, PositionStore, SourcePosition, WriteIntent};
 
 pub use batch::Batch;
@@ -70,8 +75,8 @@ pub async fn commit_batch(
     if !objects.is_empty() {
         let mut with_intent = cur.next();
         with_intent.intent = Some(WriteIntent {
-            from: cur.position,
-            to,
+            from: cur.position.clone(),
+            to: to.clone(),
             keys: objects.iter().map(|(k, _)| k.clone()).collect(),
         });
         store.save(cur.expected(), &with_intent, None).await?;
@@ -120,11 +125,109 @@ impl Backoff {
     }
 }
 
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
-#[cfg(feature = "postgres")]
-pub use self::postgres::PgPipeline;
+/// The former name of [`Pipeline`].
+pub type PgPipeline = Pipeline;
+
+/// One source → Parquet pipeline (PostgreSQL or MySQL/MariaDB, by `config.source.url`).
+pub struct Pipeline {
+    pub config: Config,
+    pub output: Arc<dyn ObjectOutput>,
+    pub store: Arc<dyn PositionStore>,
+    /// Draw a progress bar for snapshots (on a terminal).
+    pub progress: bool,
+    pub status: Option<StatusFile>,
+    /// PostgreSQL: return `Ok` once everything up to this WAL position is durable
+    /// (`--until-caught-up`).
+    pub stop_at: Option<Lsn>,
+    /// MySQL: return `Ok` once everything the server had written when the first run connected
+    /// is durable (`--until-caught-up`).
+    pub until_caught_up: bool,
+    /// MySQL: the binlog position `until_caught_up` waits for (read once).
+    pub mysql_stop_at: Option<crate::position::BinlogCoord>,
+    pub metrics: crate::metrics::Metrics,
+    /// Batches committed by this pipeline so far (all runs): tells a retry loop whether the
+    /// last run made progress.
+    pub commits: u64,
+}
+
+impl Pipeline {
+    pub(crate) fn set_state(&mut self, state: PipelineState) {
+        if let Some(s) = &mut self.status {
+            s.set_state(state, None);
+        }
+    }
+
+    /// Runs until `shutdown` turns true (then flushes, commits, acks and returns `Ok`) or an error.
+    /// Retryable errors leave the checkpoint consistent: call `run` again to resume.
+    ///
+    /// First takes the pipeline's lease (waiting while another worker holds it); every write of
+    /// the run is fenced by it. A `Conflict` error means the lease was lost: stop writing.
+    pub async fn run(&mut self, shutdown: watch::Receiver<bool>) -> Result<()> {
+        self.set_state(PipelineState::Connecting);
+        let ttl = self.config.positions.lease_ttl();
+        let owner = lease::owner_id();
+        let Some(holder) = lease::acquire(
+            self.store.as_ref(),
+            &self.config.pipeline,
+            &owner,
+            ttl,
+            shutdown.clone(),
+        )
+        .await?
+        else {
+            self.set_state(PipelineState::Stopped);
+            return Ok(());
+        };
+        let renewal = lease::spawn_renewal(self.store.clone(), holder.clone(), ttl);
+        let (store, output) = (self.store.clone(), self.output.clone());
+        self.store = Arc::new(lease::FencedStore {
+            inner: store.clone(),
+            holder: holder.clone(),
+        });
+        self.output = Arc::new(lease::FencedOutput::new(output.clone(), holder.clone()));
+        let result = if self.config.is_mysql() {
+            self.run_mysql(shutdown).await
+        } else {
+            self.run_postgres(shutdown).await
+        };
+        self.store = store;
+        self.output = output;
+        renewal.abort();
+        if result.is_ok() {
+            lease::release(self.store.as_ref(), &holder).await;
+        }
+        result
+    }
+}
+
+/// Deletes a table's snapshot parts numbered `from` and above.
+async fn delete_snapshot_parts(
+    output: &dyn ObjectOutput,
+    layout: &crate::output::Layout,
+    table: &crate::change::TableId,
+    snapshot_id: &str,
+    from: u32,
+) -> Result<()> {
+    for key in output
+        .list(&layout.snapshot_prefix(table, snapshot_id))
+        .await?
+    {
+        let n = key
+            .rsplit("part-")
+            .next()
+            .and_then(|p| p.strip_suffix(".parquet"))
+            .and_then(|p| p.parse::<u32>().ok());
+        if n.is_none_or(|n| n >= from) {
+            output.delete(&key).await?;
+        }
+    }
+    Ok(())
+}
 
 /// Whether `Instant` `since` is older than `d`.
 fn elapsed(since: Option<Instant>, d: Duration) -> bool {
@@ -165,7 +268,7 @@ mod tests {
         // Crash after intent + object write, before commit.
         let mut with_intent = cp.next();
         with_intent.intent = Some(WriteIntent {
-            from: cp.position,
+            from: cp.position.clone(),
             to: pos(20),
             keys: vec!["a/2.parquet".into()],
         });

@@ -1,46 +1,24 @@
 //! The PostgreSQL pipeline: publication and slot set-up, the initial snapshot with hand-off, and
 //! the streaming loop that batches rows and runs the commit protocol.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::change::TableId;
 use crate::change::{Op, RowMeta, Value};
-use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::output::{Layout, ObjectOutput};
-use crate::pipeline::{
-    Batch, PipelineState, StatusFile, commit_batch, elapsed, lease, load_and_recover,
-};
+use crate::output::Layout;
+use crate::pipeline::{Batch, Pipeline, PipelineState, commit_batch, elapsed, load_and_recover};
 use crate::position::{Lsn, PgPosition};
 use crate::source::postgres::replication::ReplicationClient;
 use crate::source::postgres::snapshot::{self, CopyRange, KeyPlan, SnapshotMeta};
 use crate::source::postgres::stream::{self, Acked, PgEvent};
 use crate::source::postgres::{catalog, check, connect};
-use crate::store::{
-    Checkpoint, PositionStore, SkipRule, SnapshotProgress, SourcePosition, TableProgress,
-};
+use crate::store::{Checkpoint, SkipRule, SnapshotProgress, SourcePosition, TableProgress};
 
 /// How often the stream task reports the durable LSN and asks for a keepalive (idle acks, lag).
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
-
-/// One PostgreSQL → Parquet pipeline.
-pub struct PgPipeline {
-    pub config: Config,
-    pub output: Arc<dyn ObjectOutput>,
-    pub store: Arc<dyn PositionStore>,
-    /// Draw a progress bar for snapshots (on a terminal).
-    pub progress: bool,
-    pub status: Option<StatusFile>,
-    /// Return `Ok` once everything up to this WAL position is durable (`--until-caught-up`).
-    pub stop_at: Option<Lsn>,
-    pub metrics: crate::metrics::Metrics,
-    /// Batches committed by this pipeline so far (all runs): tells a retry loop whether the
-    /// last run made progress.
-    pub commits: u64,
-}
 
 /// What the snapshot steps share: the SQL session inside the snapshot, key layout, stop signal.
 struct SnapshotSession<'a> {
@@ -58,52 +36,8 @@ struct Tx {
     next_ord: u64,
 }
 
-impl PgPipeline {
-    fn set_state(&mut self, state: PipelineState) {
-        if let Some(s) = &mut self.status {
-            s.set_state(state, None);
-        }
-    }
-
-    /// Runs until `shutdown` turns true (then flushes, commits, acks and returns `Ok`) or an error.
-    /// Retryable errors leave the checkpoint consistent: call `run` again to resume.
-    ///
-    /// First takes the pipeline's lease (waiting while another worker holds it); every write of
-    /// the run is fenced by it. A `Conflict` error means the lease was lost: stop writing.
-    pub async fn run(&mut self, shutdown: watch::Receiver<bool>) -> Result<()> {
-        self.set_state(PipelineState::Connecting);
-        let ttl = self.config.positions.lease_ttl();
-        let owner = lease::owner_id();
-        let Some(holder) = lease::acquire(
-            self.store.as_ref(),
-            &self.config.pipeline,
-            &owner,
-            ttl,
-            shutdown.clone(),
-        )
-        .await?
-        else {
-            self.set_state(PipelineState::Stopped);
-            return Ok(());
-        };
-        let renewal = lease::spawn_renewal(self.store.clone(), holder.clone(), ttl);
-        let (store, output) = (self.store.clone(), self.output.clone());
-        self.store = Arc::new(lease::FencedStore {
-            inner: store.clone(),
-            holder: holder.clone(),
-        });
-        self.output = Arc::new(lease::FencedOutput::new(output.clone(), holder.clone()));
-        let result = self.run_leased(shutdown).await;
-        self.store = store;
-        self.output = output;
-        renewal.abort();
-        if result.is_ok() {
-            lease::release(self.store.as_ref(), &holder).await;
-        }
-        result
-    }
-
-    async fn run_leased(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+impl Pipeline {
+    pub(super) async fn run_postgres(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         self.set_state(PipelineState::Connecting);
         let layout = Layout::new(&self.config.output.prefix, &self.config.pipeline);
         let mut cp = load_and_recover(
@@ -290,6 +224,7 @@ impl PgPipeline {
                     done: false,
                     current: None,
                     skips: vec![],
+                    start: None,
                 });
                 self.store.save(cp.expected(), &next, None).await?;
                 (next, point, created.snapshot_name, None)
@@ -346,7 +281,7 @@ impl PgPipeline {
     }
 
     /// Records what a resumed snapshot will copy at `point` (skip rules) before copying it.
-    async fn plan_resume(
+    pub(super) async fn plan_resume(
         &mut self,
         cp: Checkpoint,
         progress: SnapshotProgress,
@@ -389,28 +324,14 @@ impl PgPipeline {
     }
 
     /// Deletes a table's snapshot parts numbered `from` and above.
-    async fn delete_parts(
+    pub(super) async fn delete_parts(
         &self,
         layout: &Layout,
         table: &TableId,
         snapshot_id: &str,
         from: u32,
     ) -> Result<()> {
-        for key in self
-            .output
-            .list(&layout.snapshot_prefix(table, snapshot_id))
-            .await?
-        {
-            let n = key
-                .rsplit("part-")
-                .next()
-                .and_then(|p| p.strip_suffix(".parquet"))
-                .and_then(|p| p.parse::<u32>().ok());
-            if n.is_none_or(|n| n >= from) {
-                self.output.delete(&key).await?;
-            }
-        }
-        Ok(())
+        super::delete_snapshot_parts(self.output.as_ref(), layout, table, snapshot_id, from).await
     }
 
     /// Copies one table (from its durable progress, if any), saving progress after every part
@@ -544,7 +465,7 @@ impl StreamRun {
         }
     }
 
-    async fn on_event(&mut self, p: &mut PgPipeline, ev: PgEvent) -> Result<()> {
+    async fn on_event(&mut self, p: &mut Pipeline, ev: PgEvent) -> Result<()> {
         match ev {
             PgEvent::Begin {
                 commit_lsn,
@@ -593,7 +514,7 @@ impl StreamRun {
 
     async fn row(
         &mut self,
-        p: &mut PgPipeline,
+        p: &mut Pipeline,
         schema: &crate::change::SchemaRef,
         op: Op,
         values: &[Value],
@@ -645,7 +566,7 @@ impl StreamRun {
     }
 
     /// Makes everything received durable and commits the position; then acks it.
-    async fn flush(&mut self, p: &mut PgPipeline) -> Result<()> {
+    async fn flush(&mut self, p: &mut Pipeline) -> Result<()> {
         let to = self.pending();
         if to <= self.durable && self.batch.is_empty() {
             return Ok(());

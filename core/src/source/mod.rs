@@ -1,4 +1,34 @@
 //! Change sources.
 
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod snapshot;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warning,
+    Error,
+}
+
+/// One preflight finding.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finding {
+    pub check: &'static str,
+    pub level: Level,
+    pub message: String,
+}
+
+impl Finding {
+    pub fn new(check: &'static str, level: Level, message: impl Into<String>) -> Self {
+        Finding {
+            check,
+            level,
+            message: message.into(),
+        }
+    }
+}

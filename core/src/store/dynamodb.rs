@@ -578,7 +578,7 @@ fn save_write(expected: Option<u64>, next: &Checkpoint, lease: Option<&Lease>) -
         w.is(UPDATED_AT, "updated_at", s(&next.updated_at)),
     ];
     let mut remove = String::new();
-    match next.position {
+    match &next.position {
         Some(p) => set.push(w.is(POSITION, "position", AttributeValue::S(p.to_string()))),
         None => remove = format!(" REMOVE {}", w.name(POSITION)),
     }

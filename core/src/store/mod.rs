@@ -19,15 +19,16 @@ use serde::{Deserialize, Serialize};
 use crate::BoxFuture;
 use crate::change::TableId;
 use crate::error::{Error, Result};
-use crate::position::{Lsn, PgPosition};
+use crate::position::{Lsn, MyPosition, PgPosition};
 
 pub use local::LocalFileStore;
 
 /// A source position, tagged by source kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "source", rename_all = "lowercase")]
 pub enum SourcePosition {
     Postgres(PgPosition),
+    Mysql(MyPosition),
 }
 
 impl SourcePosition {
@@ -35,6 +36,8 @@ impl SourcePosition {
     pub fn partial_cmp_same_source(&self, other: &SourcePosition) -> Option<std::cmp::Ordering> {
         match (self, other) {
             (SourcePosition::Postgres(a), SourcePosition::Postgres(b)) => Some(a.cmp(b)),
+            (SourcePosition::Mysql(a), SourcePosition::Mysql(b)) => Some(a.cmp(b)),
+            _ => None,
         }
     }
 }
@@ -43,6 +46,7 @@ impl std::fmt::Display for SourcePosition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SourcePosition::Postgres(p) => write!(f, "postgres {p}"),
+            SourcePosition::Mysql(p) => write!(f, "mysql {p}"),
         }
     }
 }
@@ -62,8 +66,13 @@ pub struct WriteIntent {
 pub struct SnapshotProgress {
     /// Names the snapshot's objects: `snapshot_id=<id>`.
     pub snapshot_id: String,
-    /// The main slot's consistent point: the stream starts here.
+    /// The main slot's consistent point: the stream starts here. (MySQL: the snapshot's binlog
+    /// coordinate as [`crate::position::BinlogCoord::key`].)
     pub consistent_point: Lsn,
+    /// Where the stream starts once the snapshot is done, when the source needs more than
+    /// `consistent_point` to say it (MySQL: file name and GTID state).
+    #[serde(default)]
+    pub start: Option<SourcePosition>,
     /// Tables whose copy is complete and durable.
     pub tables_done: Vec<TableId>,
     pub done: bool,
@@ -252,8 +261,12 @@ pub fn check_transition(
             next.version
         )));
     }
-    if let (Some(p), Some(old), Some(new)) = (prev, prev.and_then(|p| p.position), next.position) {
-        match old.partial_cmp_same_source(&new) {
+    if let (Some(p), Some(old), Some(new)) = (
+        prev,
+        prev.and_then(|p| p.position.as_ref()),
+        next.position.as_ref(),
+    ) {
+        match old.partial_cmp_same_source(new) {
             Some(std::cmp::Ordering::Greater) => {
                 return Err(Error::fatal(format!(
                     "refusing to move pipeline {:?} back from {old} to {new}",
@@ -269,7 +282,7 @@ pub fn check_transition(
             _ => {}
         }
     }
-    if prev.and_then(|p| p.position).is_some() && next.position.is_none() {
+    if prev.is_some_and(|p| p.position.is_some()) && next.position.is_none() {
         return Err(Error::fatal("refusing to clear a committed position"));
     }
     Ok(())

@@ -21,14 +21,15 @@ use tokio::sync::watch;
 #[command(
     name = "tidemark",
     version,
-    about = "Change data capture from PostgreSQL into Athena-ready Parquet",
-    long_about = "Change data capture from PostgreSQL into Athena-ready Parquet.\n\n\
-        A pipeline copies the tables of a publication once (a consistent snapshot) and then streams\n\
-        every committed change from a logical replication slot into Parquet files laid out for Athena\n\
+    about = "Change data capture from PostgreSQL and MySQL/MariaDB into Athena-ready Parquet",
+    long_about = "Change data capture from PostgreSQL and MySQL/MariaDB into Athena-ready Parquet.\n\n\
+        A pipeline copies the captured tables once (a consistent snapshot) and then streams every\n\
+        committed change (PostgreSQL: a logical replication slot; MySQL/MariaDB: the row binlog,\n\
+        resumed by GTID or file:pos) into Parquet files laid out for Athena\n\
         (hive-style dt= partitions). Its position is committed only after the files it covers are\n\
         durable, so a crash or kill at any moment loses nothing and duplicates nothing.\n\n\
         Settings come from a TOML file (--config), overridden by flags and TIDEMARK_* variables.\n\
-        Example:\n  tidemark run --pipeline demo --source-url postgres://user@127.0.0.1:5432/app \\\n      --table public.orders --output file:///tmp/lake"
+        Example:\n  tidemark run --pipeline demo --source-url postgres://user@127.0.0.1:5432/app \\\n      --table public.orders --output file:///tmp/lake\n  tidemark run --pipeline shop --source-url mysql://user@127.0.0.1:3306/shop \\\n      --table shop.orders --output s3://bucket/lake --positions dynamodb://tidemark-positions"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,7 +51,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Preflight: wal_level, free slots and WAL senders, REPLICATION privilege, keys and replica identity.
+    /// Preflight. PostgreSQL: wal_level, free slots and WAL senders, REPLICATION privilege, keys and
+    /// replica identity. MySQL/MariaDB: log_bin, binlog_format/row_image/row_metadata, grants,
+    /// binlog retention against the stored position, server_id collisions, primary keys.
+    #[command(verbatim_doc_comment)]
     Check {
         #[command(flatten)]
         pipeline: PipelineArgs,
@@ -84,13 +88,15 @@ struct PipelineArgs {
     /// Pipeline name: names the checkpoint, slot, publication and output folder.
     #[arg(long, env = "TIDEMARK_PIPELINE")]
     pipeline: Option<String>,
-    /// Source URL, postgres://user[:password]@host:port/db (password also from TIDEMARK_SOURCE_PASSWORD).
+    /// Source URL: postgres://user[:password]@host:port/db or mysql://user[:password]@host:port/db
+    /// (password also from TIDEMARK_SOURCE_PASSWORD).
     #[arg(long, env = "TIDEMARK_SOURCE_URL", hide_env_values = true)]
     source_url: Option<String>,
     /// AWS Secrets Manager ARN of the source password (plain, or JSON with "password").
     #[arg(long, env = "TIDEMARK_SOURCE_PASSWORD_SECRET_ARN")]
     source_password_secret_arn: Option<String>,
-    /// Table to capture (schema.table); repeat for more. Default: the config's list, else all tables.
+    /// Table to capture (schema.table; MySQL: database.table); repeat for more. Default: the
+    /// config's list, else all tables (MySQL: of the URL's database).
     #[arg(long = "table", value_name = "TABLE")]
     tables: Vec<String>,
     /// Output: file:///path or s3://bucket/prefix (default ./tidemark-out).
@@ -162,7 +168,7 @@ impl PipelineArgs {
                 let url = self
                     .source_url
                     .clone()
-                    .context("no source given: pass --source-url postgres://...")?;
+                    .context("no source given: pass --source-url postgres://... or mysql://...")?;
                 Config::from_toml(
                     &format!(
                         "pipeline = {}\n[source]\nurl = {}\n",
@@ -372,7 +378,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let _ = stop_tx.send(true);
         });
     }
-    let stop_at = if args.until_caught_up {
+    let stop_at = if args.until_caught_up && !cfg.is_mysql() {
         Some(current_wal_lsn(&cfg).await?)
     } else {
         None
@@ -385,6 +391,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         progress: std::io::stderr().is_terminal(),
         status: Some(StatusFile::new(&state_dir, &cfg.pipeline)),
         stop_at,
+        until_caught_up: args.until_caught_up,
+        mysql_stop_at: None,
         metrics: Metrics::new(
             &cfg.pipeline,
             match args.metrics.as_str() {
@@ -498,10 +506,14 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         .await?
         .filter(|l| l.expires_at_ms > store::now_ms());
     let report = StatusFile::read(&state_dir(cfg)?, &cfg.pipeline)?;
-    let pg = connect::source_settings(&cfg.source)?;
-    let (slot, server_error) = match connect::sql_connect(&pg, "tidemark-status").await {
-        Ok(client) => (catalog::slot_info(&client, &cfg.slot()).await?, None),
-        Err(e) => (None, Some(e.one_line())),
+    let (slot, server_error) = if cfg.is_mysql() {
+        (None, None)
+    } else {
+        let pg = connect::source_settings(&cfg.source)?;
+        match connect::sql_connect(&pg, "tidemark-status").await {
+            Ok(client) => (catalog::slot_info(&client, &cfg.slot()).await?, None),
+            Err(e) => (None, Some(e.one_line())),
+        }
     };
     let now_us = store::now_ms() * 1000;
     let lag_seconds = match (&slot, cp.as_ref().and_then(|c| c.last_commit_ts)) {
@@ -524,7 +536,7 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let doc = serde_json::json!({
         "pipeline": cfg.pipeline,
         "state": state,
-        "position": cp.as_ref().and_then(|c| c.position).map(|p| p.to_string()),
+        "position": cp.as_ref().and_then(|c| c.position.as_ref()).map(|p| p.to_string()),
         "pending_intent": cp.as_ref().and_then(|c| c.intent.as_ref()).map(|i| i.keys.len()),
         "snapshot": cp.as_ref().and_then(|c| c.snapshot.clone()),
         "updated_at": cp.as_ref().map(|c| c.updated_at.clone()),
@@ -587,9 +599,13 @@ fn peak_rss_mib() -> Option<u64> {
 }
 
 async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {
-    let pg = connect::source_settings(&cfg.source)?;
-    let client = connect::sql_connect(&pg, "tidemark-check").await?;
-    let findings = check::run(&client, &cfg.slot(), &cfg.publication(), &cfg.tables()).await?;
+    let findings = if cfg.is_mysql() {
+        mysql_check(cfg).await?
+    } else {
+        let pg = connect::source_settings(&cfg.source)?;
+        let client = connect::sql_connect(&pg, "tidemark-check").await?;
+        check::run(&client, &cfg.slot(), &cfg.publication(), &cfg.tables()).await?
+    };
     let mut failed = false;
     for f in &findings {
         let tag = match f.level {
@@ -609,6 +625,49 @@ async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// MySQL/MariaDB preflight: server settings, grants, retention against the stored position,
+/// server_id, and that the captured tables exist and have a primary key.
+async fn mysql_check(cfg: &Config) -> anyhow::Result<Vec<check::Finding>> {
+    use tidemark_core::source::mysql;
+    let src = mysql::connect::source_settings(&cfg.source)?;
+    let mut conn = mysql::connect::sql_connect(&src).await?;
+    let server = mysql::connect::server_info(&mut conn).await?;
+    let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
+    let stored = match store.load(&cfg.pipeline).await? {
+        Some(cp) => match cp.position {
+            Some(store::SourcePosition::Mysql(p)) => Some(p.resume),
+            _ => None,
+        },
+        None => None,
+    };
+    let mut findings =
+        mysql::check::run(&mut conn, &server, cfg.server_id(), stored.as_ref()).await?;
+    let (_, dbs, tables) =
+        tidemark_core::pipeline::mysql::capture_of(&cfg.source.tables, &src.database);
+    match mysql::snapshot::list_tables(&mut conn, &dbs, &tables).await {
+        Ok(list) => {
+            for t in list {
+                let (schema, _) = mysql::snapshot::table_schema(&mut conn, &t).await?;
+                findings.push(if schema.key_columns().next().is_some() {
+                    check::Finding::new("table", check::Level::Ok, format!("{t}: primary key present"))
+                } else {
+                    check::Finding::new(
+                        "table",
+                        check::Level::Warning,
+                        format!("{t} has no primary key: updates and deletes cannot be matched to rows downstream; add one (ALTER TABLE {t} ADD PRIMARY KEY (...))"),
+                    )
+                });
+            }
+        }
+        Err(e) => findings.push(check::Finding::new(
+            "table",
+            check::Level::Error,
+            e.one_line(),
+        )),
+    }
+    Ok(findings)
+}
+
 async fn reset(cfg: &Config, drop_slot: bool, yes: bool) -> anyhow::Result<ExitCode> {
     if !yes {
         anyhow::bail!(
@@ -618,7 +677,7 @@ async fn reset(cfg: &Config, drop_slot: bool, yes: bool) -> anyhow::Result<ExitC
     }
     let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
     store.delete(&cfg.pipeline).await?;
-    if drop_slot {
+    if drop_slot && !cfg.is_mysql() {
         let pg = connect::source_settings(&cfg.source)?;
         let client = connect::sql_connect(&pg, "tidemark-reset").await?;
         client

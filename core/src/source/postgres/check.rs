@@ -6,32 +6,7 @@ use crate::change::TableId;
 use crate::error::{Error, Result};
 use crate::source::postgres::catalog;
 
-/// How bad a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Ok,
-    Warning,
-    Error,
-}
-
-/// One preflight finding.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Finding {
-    pub check: &'static str,
-    pub level: Level,
-    pub message: String,
-}
-
-impl Finding {
-    fn new(check: &'static str, level: Level, message: impl Into<String>) -> Self {
-        Finding {
-            check,
-            level,
-            message: message.into(),
-        }
-    }
-}
+pub use crate::source::{Finding, Level};
 
 /// Fails with a configuration error unless `wal_level = logical`.
 pub async fn require_logical_wal(client: &Client) -> Result<()> {

@@ -1,0 +1,546 @@
+//! The MySQL/MariaDB pipeline: preflight, the consistent initial snapshot with hand-off, and
+//! the binlog loop that batches rows and runs the commit protocol.
+//!
+//! Positions: a transaction is identified by where it begins in the binlog
+//! ([`MyPosition`]); a restart re-reads from the last whole durable transaction (by GTID on
+//! MariaDB, else file:pos) and skips the rows the committed position covers, so a huge
+//! transaction flushed in parts is neither lost nor duplicated.
+//!
+//! DDL statements of captured databases are written to the schema history
+//! (`<prefix>/<pipeline>/_schema_history/`) inside the same commit as the rows around them;
+//! the new columns take effect with the next TABLE_MAP (a new Parquet schema from that row on).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use tokio::sync::watch;
+
+use crate::change::{Op, RowMeta, SchemaRef, TableId, Value};
+use crate::error::{Error, Result};
+use crate::output::Layout;
+use crate::pipeline::{Batch, Pipeline, PipelineState, commit_batch, elapsed, load_and_recover};
+use crate::position::{BinlogCoord, MyPosition};
+use crate::source::mysql::check;
+use crate::source::mysql::connect::{self, MySource, ServerInfo};
+use crate::source::mysql::snapshot::{self, ChunkRange};
+use crate::source::mysql::stream::{self, Capture, MyEvent, StartAt};
+use crate::source::snapshot::{KeyPlan, SnapshotMeta};
+use crate::store::{Checkpoint, SkipRule, SnapshotProgress, SourcePosition, TableProgress};
+
+/// The captured tables of a MySQL pipeline: `source.tables` as `database.table` (a bare name is
+/// in the URL's database), or every table of the URL's database.
+pub fn capture_of(tables: &[String], database: &str) -> (Capture, Vec<String>, Vec<TableId>) {
+    if tables.is_empty() {
+        let dbs = vec![database.to_string()];
+        (
+            Capture::Databases(dbs.iter().cloned().collect()),
+            dbs,
+            Vec::new(),
+        )
+    } else {
+        let ids: Vec<TableId> = tables
+            .iter()
+            .map(|t| match t.split_once('.') {
+                Some((d, n)) => TableId::new(d, n),
+                None => TableId::new(database, t.as_str()),
+            })
+            .collect();
+        (
+            Capture::Tables(ids.iter().cloned().collect::<HashSet<_>>()),
+            Vec::new(),
+            ids,
+        )
+    }
+}
+
+/// The transaction being received.
+struct Tx {
+    begin: BinlogCoord,
+    pos: String,
+    commit_ts: i64,
+    next_ord: u64,
+    ddl: u32,
+}
+
+impl Pipeline {
+    pub(super) async fn run_mysql(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        self.set_state(PipelineState::Connecting);
+        let layout = Layout::new(&self.config.output.prefix, &self.config.pipeline);
+        let mut cp = load_and_recover(
+            self.store.as_ref(),
+            self.output.as_ref(),
+            &self.config.pipeline,
+        )
+        .await?;
+        let src = connect::source_settings(&self.config.source)?;
+        let mut sql = connect::sql_connect(&src).await?;
+        let server = connect::server_info(&mut sql).await?;
+        check::require_row_binlog(&mut sql).await?;
+        if self.until_caught_up && self.mysql_stop_at.is_none() {
+            self.mysql_stop_at = Some(check::current_position(&mut sql).await?);
+        }
+        let (capture, databases, tables) = capture_of(&self.config.source.tables, &src.database);
+
+        if cp.position.is_none() {
+            self.set_state(PipelineState::Snapshotting);
+            let listed = snapshot::list_tables(&mut sql, &databases, &tables).await?;
+            match self
+                .mysql_snapshot(&src, &server, &layout, &listed, cp, shutdown.clone())
+                .await?
+            {
+                Some(done) => cp = done,
+                None => {
+                    tracing::info!(
+                        "stopped during the snapshot; its durable progress resumes on the next run"
+                    );
+                    self.set_state(PipelineState::Stopped);
+                    return Ok(());
+                }
+            }
+        }
+        drop(sql);
+        let Some(SourcePosition::Mysql(durable)) = cp.position.clone() else {
+            return Err(Error::config(
+                "this pipeline's checkpoint is not from a MySQL/MariaDB source: use another pipeline name, or `tidemark reset`",
+            ));
+        };
+        let use_gtid = self.config.resume_by_gtid().unwrap_or(server.mariadb) && server.mariadb;
+        let start = StartAt {
+            coord: durable.resume.clone(),
+            gtid: durable.gtid.clone(),
+            use_gtid,
+        };
+        let binlog_conn = connect::sql_connect(&src).await?;
+        let mut handle = stream::spawn(
+            binlog_conn,
+            self.config.server_id(),
+            start,
+            capture,
+            server.mariadb,
+        )
+        .await?;
+        self.set_state(PipelineState::Streaming);
+        tracing::info!(pipeline = %self.config.pipeline, position = %durable, by = if use_gtid && durable.gtid.is_some() { "gtid" } else { "file:pos" }, "streaming the binlog");
+
+        let skips = cp
+            .snapshot
+            .as_ref()
+            .map(|s| {
+                s.skips
+                    .iter()
+                    .filter(|r| r.before > durable.tx.key())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut run = MyRun {
+            last_complete: durable.clone(),
+            durable,
+            tx: None,
+            batch: Batch::default(),
+            cp,
+            layout,
+            server_pos: BinlogCoord::default(),
+            skips,
+            history: Vec::new(),
+            last_flush: std::time::Instant::now(),
+        };
+        let flush_every = self.config.batch.flush_interval();
+        let mut tick = tokio::time::interval(flush_every.min(Duration::from_secs(1)));
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    tracing::info!("shutting down: flushing and committing");
+                    break run.flush(self).await;
+                }
+                ev = handle.events.recv() => {
+                    let Some(ev) = ev else {
+                        break Err(Error::transient("binlog stream task ended"));
+                    };
+                    if let Err(e) = async { run.on_event(self, ev?).await }.await {
+                        break Err(e);
+                    }
+                    if let Some(stop) = self.mysql_stop_at.as_ref()
+                        && run.received_through(stop)
+                    {
+                        tracing::info!(%stop, "caught up with the binlog position at start-up");
+                        break run.flush(self).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Some(st) = &mut self.status {
+                        st.heartbeat();
+                    }
+                    let due = elapsed(run.batch.started(), flush_every)
+                        || (run.batch.is_empty() && run.pending() > run.durable
+                            && run.last_flush.elapsed() >= flush_every);
+                    if due && let Err(e) = run.flush(self).await {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        handle.stop().await;
+        if result.is_ok() {
+            self.set_state(PipelineState::Stopped);
+        }
+        result
+    }
+
+    /// Takes the initial snapshot, or resumes an interrupted one in a new consistent read
+    /// (tables done stay; the rest, or the rest of a chunked table above its last durable key,
+    /// are copied there, with skip rules for their changes before that read). Returns the
+    /// checkpoint positioned at the first snapshot's binlog coordinate; `None` when stopped.
+    async fn mysql_snapshot(
+        &mut self,
+        src: &MySource,
+        server: &ServerInfo,
+        layout: &Layout,
+        tables: &[TableId],
+        cp: Checkpoint,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Option<Checkpoint>> {
+        let mut snap = snapshot::open(src, server.mariadb).await?;
+        tracing::info!(coord = %snap.coord, gtid = snap.gtid.as_deref().unwrap_or(""), "consistent snapshot opened");
+        let resumable = cp.snapshot.clone().filter(|s| !s.done && s.start.is_some());
+        let mut cp = match resumable {
+            Some(progress) => {
+                tracing::info!(snapshot_id = %progress.snapshot_id, resume_point = %snap.coord, done = progress.tables_done.len(), "resuming the interrupted snapshot in a new consistent read");
+                self.plan_resume(cp, progress, tables, snap.coord.key(), layout)
+                    .await?
+            }
+            None => {
+                let mut next = cp.next();
+                next.snapshot = Some(SnapshotProgress {
+                    snapshot_id: snap.coord.key().sortable(),
+                    consistent_point: snap.coord.key(),
+                    tables_done: vec![],
+                    done: false,
+                    current: None,
+                    skips: vec![],
+                    start: Some(SourcePosition::Mysql(MyPosition::before(
+                        snap.coord.clone(),
+                        snap.gtid.clone(),
+                    ))),
+                });
+                self.store.save(cp.expected(), &next, None).await?;
+                next
+            }
+        };
+        let Some(progress) = cp.snapshot.clone() else {
+            return Err(Error::fatal("snapshot progress missing"));
+        };
+        // Just before the snapshot's coordinate: the first transaction after the snapshot may
+        // begin exactly there, and every change row must sort after every snapshot row.
+        let pos = crate::position::Lsn(progress.consistent_point.0.saturating_sub(1)).sortable();
+        let meta = SnapshotMeta {
+            snapshot_id: &progress.snapshot_id,
+            pos: &pos,
+            taken_at: snap.taken_at,
+        };
+        if self.config.source.snapshot {
+            for t in tables.iter().filter(|t| !progress.tables_done.contains(t)) {
+                let resume = cp
+                    .snapshot
+                    .as_ref()
+                    .and_then(|s| s.current.clone())
+                    .filter(|c| c.table == *t);
+                match self
+                    .mysql_copy_table(&mut snap.conn, layout, &meta, t, resume, cp, &shutdown)
+                    .await?
+                {
+                    Some(next) => cp = next,
+                    None => return Ok(None),
+                }
+            }
+        }
+        snap.conn.query_drop("COMMIT").await?;
+        let mut next = cp.next();
+        next.position = progress.start.clone();
+        next.last_commit_ts = Some(snap.taken_at);
+        if let Some(s) = &mut next.snapshot {
+            s.done = true;
+            s.current = None;
+        }
+        self.store.save(cp.expected(), &next, None).await?;
+        tracing::info!(
+            tables = tables.len(),
+            "snapshot complete; streaming from its binlog position"
+        );
+        Ok(Some(next))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn mysql_copy_table(
+        &mut self,
+        conn: &mut mysql_async::Conn,
+        layout: &Layout,
+        meta: &SnapshotMeta<'_>,
+        table: &TableId,
+        resume: Option<TableProgress>,
+        mut cp: Checkpoint,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Option<Checkpoint>> {
+        let mut shutdown = shutdown.clone();
+        let (schema, data_types) = snapshot::table_schema(conn, table).await?;
+        let source_names = snapshot::source_columns(conn, table).await?;
+        let plan = KeyPlan::for_schema(&schema);
+        let part_rows = self.config.batch.snapshot_part_rows;
+        let mut progress = resume.unwrap_or(TableProgress {
+            table: table.clone(),
+            parts_done: 0,
+            rows_done: 0,
+            last_key: None,
+        });
+        let bar = snapshot::table_progress(conn, table, progress.rows_done, self.progress).await?;
+        loop {
+            let chunked = matches!(plan, KeyPlan::Integer { .. });
+            let range = ChunkRange {
+                schema: &schema,
+                data_types: &data_types,
+                source_names: &source_names,
+                plan: &plan,
+                after: progress.last_key,
+                limit: chunked.then_some(part_rows),
+                part_rows,
+                first_part: progress.parts_done,
+                first_ord: progress.rows_done,
+                write_empty: progress.parts_done == 0,
+            };
+            if *shutdown.borrow() {
+                return Ok(None);
+            }
+            let output = self.output.clone();
+            let copy = snapshot::copy_range(conn, &range, meta, layout, output.as_ref(), &bar);
+            let copied = tokio::select! {
+                copied = copy => copied?,
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
+            };
+            progress.parts_done += copied.parts;
+            progress.rows_done += copied.rows;
+            progress.last_key = copied.last_key.or(progress.last_key);
+            let finished = !chunked || copied.rows < part_rows as u64;
+            let mut next = cp.next();
+            if let Some(s) = &mut next.snapshot {
+                if finished {
+                    s.tables_done.push(table.clone());
+                    s.current = None;
+                } else {
+                    s.current = Some(progress.clone());
+                }
+            }
+            self.store.save(cp.expected(), &next, None).await?;
+            cp = next;
+            if finished {
+                break;
+            }
+        }
+        bar.finish_and_clear();
+        tracing::info!(table = %table, rows = progress.rows_done, parts = progress.parts_done, "snapshot copied");
+        if let Some(s) = &mut self.status {
+            s.committed(format!("snapshot {table}"), progress.rows_done);
+        }
+        Ok(Some(cp))
+    }
+}
+
+/// State of one binlog streaming session.
+struct MyRun {
+    /// Committed: every row it covers is durable.
+    durable: MyPosition,
+    /// After the last whole transaction received.
+    last_complete: MyPosition,
+    tx: Option<Tx>,
+    batch: Batch,
+    cp: Checkpoint,
+    layout: Layout,
+    /// How far the server has sent (heartbeats, rotates between transactions).
+    server_pos: BinlogCoord,
+    skips: Vec<SkipRule>,
+    /// Schema-history records of the current batch: key and JSON body.
+    history: Vec<(String, Vec<u8>)>,
+    last_flush: std::time::Instant,
+}
+
+impl MyRun {
+    fn received_through(&self, stop: &BinlogCoord) -> bool {
+        self.tx.is_none()
+            && self
+                .last_complete
+                .resume
+                .clone()
+                .max(self.server_pos.clone())
+                >= *stop
+    }
+
+    /// The position that covers every row received so far.
+    fn pending(&self) -> MyPosition {
+        match &self.tx {
+            Some(tx) => MyPosition {
+                tx: tx.begin.clone(),
+                rows: tx.next_ord,
+                resume: self.last_complete.resume.clone(),
+                gtid: self.last_complete.gtid.clone(),
+            },
+            None => self.last_complete.clone(),
+        }
+    }
+
+    async fn on_event(&mut self, p: &mut Pipeline, ev: MyEvent) -> Result<()> {
+        match ev {
+            MyEvent::Begin { tx, commit_ts } => {
+                self.tx = Some(Tx {
+                    pos: tx.key().sortable(),
+                    begin: tx,
+                    commit_ts,
+                    next_ord: 0,
+                    ddl: 0,
+                });
+            }
+            MyEvent::Rows {
+                schema,
+                ops,
+                values,
+            } => {
+                let n = schema.columns.len();
+                for (i, op) in ops.into_iter().enumerate() {
+                    let row = values.get(i * n..(i + 1) * n).ok_or_else(|| {
+                        Error::data(format!("rows event for {} is short", schema.id))
+                    })?;
+                    self.row(p, &schema, op, row).await?;
+                }
+            }
+            MyEvent::Ddl { database, query } => {
+                let Some(tx) = self.tx.as_mut() else {
+                    return Err(Error::data("DDL outside a transaction"));
+                };
+                if !self.durable.covers(&tx.begin, u64::MAX - 1) {
+                    let key = self.layout.schema_history_key(&tx.pos, tx.ddl);
+                    let body = serde_json::json!({
+                        "position": tx.begin,
+                        "commit_ts_us": tx.commit_ts,
+                        "database": database,
+                        "statement": query,
+                    });
+                    self.history.push((key, body.to_string().into_bytes()));
+                    tracing::info!(database, statement = %query.chars().take(200).collect::<String>(), "schema change recorded");
+                }
+                tx.ddl += 1;
+            }
+            MyEvent::Commit { resume, gtid } => {
+                let Some(tx) = self.tx.take() else {
+                    return Err(Error::data("COMMIT without a transaction"));
+                };
+                self.last_complete = MyPosition {
+                    tx: tx.begin,
+                    rows: MyPosition::WHOLE,
+                    resume,
+                    gtid,
+                };
+            }
+            MyEvent::Heartbeat { at } => {
+                if at > self.server_pos {
+                    self.server_pos = at;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn row(
+        &mut self,
+        p: &mut Pipeline,
+        schema: &SchemaRef,
+        op: Op,
+        values: &[Value],
+    ) -> Result<()> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(Error::data(format!(
+                "row for {} outside a transaction",
+                schema.id
+            )));
+        };
+        let ord = tx.next_ord;
+        if self.durable.covers(&tx.begin, ord) {
+            tx.next_ord += 1; // replayed after a restart: already durable
+            return Ok(());
+        }
+        if !self.skips.is_empty() && op != Op::Truncate {
+            let at = tx.begin.key();
+            self.skips.retain(|r| r.before > at);
+            let key = KeyPlan::for_schema(schema).key_of(values);
+            if self.skips.iter().any(|r| r.covers(&schema.id, at, key)) {
+                tx.next_ord += 1; // already in a resumed snapshot read after this commit
+                return Ok(());
+            }
+        }
+        if self.batch.schema_differs(schema) {
+            self.flush(p).await?;
+        }
+        let Some(tx) = self.tx.as_mut() else {
+            return Ok(());
+        };
+        let meta = RowMeta {
+            op,
+            pos: &tx.pos,
+            ord,
+            commit_ts: tx.commit_ts,
+            xid: None,
+        };
+        self.batch.push(schema, &meta, values)?;
+        tx.next_ord += 1;
+        let cfg = &p.config.batch;
+        if self.batch.rows() >= cfg.max_rows || self.batch.approx_bytes() >= cfg.max_bytes() {
+            self.flush(p).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything received durable and commits the position.
+    async fn flush(&mut self, p: &mut Pipeline) -> Result<()> {
+        let to = self.pending();
+        if to <= self.durable && self.batch.is_empty() && self.history.is_empty() {
+            return Ok(());
+        }
+        let rows = self.batch.rows() as u64;
+        let last_ts = self.batch.last_commit_ts();
+        let started = std::time::Instant::now();
+        let mut objects = self.batch.encode(&self.layout)?;
+        objects.append(&mut self.history);
+        let n_objects = objects.len();
+        let bytes: usize = objects.iter().map(|(_, b)| b.len()).sum();
+        self.cp = commit_batch(
+            p.store.as_ref(),
+            p.output.as_ref(),
+            &self.cp,
+            objects,
+            SourcePosition::Mysql(to.clone()),
+            last_ts,
+        )
+        .await?;
+        self.durable = to.clone();
+        p.commits += 1;
+        let since = self.last_flush.elapsed().as_secs_f64().max(1e-3);
+        self.last_flush = std::time::Instant::now();
+        p.metrics.batch(&crate::metrics::BatchMetrics {
+            rows,
+            objects: n_objects as u64,
+            bytes: bytes as u64,
+            batch_ms: started.elapsed().as_millis() as u64,
+            rows_per_sec: rows as f64 / since,
+            lag_seconds: last_ts
+                .map(|ts| ((crate::store::now_ms() * 1000 - ts).max(0) as f64) / 1e6),
+            lag_bytes: (self.server_pos.file == to.resume.file)
+                .then(|| self.server_pos.pos.saturating_sub(to.resume.pos)),
+        });
+        if rows > 0 {
+            tracing::info!(rows, objects = n_objects, bytes, position = %to, batch_ms = started.elapsed().as_millis() as u64, "committed batch");
+        }
+        if let Some(s) = &mut p.status {
+            s.committed(to.to_string(), rows);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,213 @@
+//! Preflight checks for a MySQL/MariaDB source. Each failure names its fix.
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+
+use crate::error::{Error, Result};
+use crate::position::BinlogCoord;
+use crate::source::mysql::connect::{self, ServerInfo, variable};
+use crate::source::{Finding, Level};
+
+/// Server settings a binlog pipeline cannot run without: fails with the first one missing.
+pub async fn require_row_binlog(conn: &mut Conn) -> Result<()> {
+    for f in settings(conn).await? {
+        if f.level == Level::Error {
+            return Err(Error::config(f.message));
+        }
+    }
+    Ok(())
+}
+
+async fn settings(conn: &mut Conn) -> Result<Vec<Finding>> {
+    let mut out = Vec::new();
+    let log_bin = variable(conn, "log_bin").await?.unwrap_or_default();
+    out.push(if log_bin.eq_ignore_ascii_case("ON") || log_bin == "1" {
+        Finding::new("log_bin", Level::Ok, "binary log enabled")
+    } else {
+        Finding::new(
+            "log_bin",
+            Level::Error,
+            "the binary log is off: start the server with log_bin (e.g. log_bin = mysql-bin in my.cnf) and restart it",
+        )
+    });
+    let want = [
+        (
+            "binlog_format",
+            "ROW",
+            "SET GLOBAL binlog_format = 'ROW' and set it in my.cnf; sessions that set STATEMENT or MIXED still produce statement entries",
+        ),
+        (
+            "binlog_row_image",
+            "FULL",
+            "SET GLOBAL binlog_row_image = 'FULL' and set it in my.cnf (MINIMAL/NOBLOB images lack the columns tidemark writes)",
+        ),
+        (
+            "binlog_row_metadata",
+            "FULL",
+            "SET GLOBAL binlog_row_metadata = 'FULL' and set it in my.cnf (without it the binlog carries no column names)",
+        ),
+    ];
+    for (name, expected, fix) in want {
+        let v = variable(conn, name).await?;
+        out.push(match v {
+            Some(v) if v.eq_ignore_ascii_case(expected) => {
+                Finding::new(name, Level::Ok, format!("{name} = {expected}"))
+            }
+            Some(v) => Finding::new(name, Level::Error, format!("{name} is {v}, tidemark needs {expected}: {fix}")),
+            None if name == "binlog_row_metadata" => Finding::new(
+                name,
+                Level::Error,
+                "the server has no binlog_row_metadata (MySQL < 8.0.1, MariaDB < 10.5): upgrade it; column names are read from the binlog",
+            ),
+            None => Finding::new(name, Level::Error, format!("{name} is not set: {fix}")),
+        });
+    }
+    Ok(out)
+}
+
+/// Runs every check: server settings, grants, the binlog still holding `stored` (the
+/// pipeline's committed position, if any), and server_id collisions.
+pub async fn run(
+    conn: &mut Conn,
+    server: &ServerInfo,
+    server_id: u32,
+    stored: Option<&BinlogCoord>,
+) -> Result<Vec<Finding>> {
+    let mut out = vec![Finding::new("server", Level::Ok, server.version.clone())];
+    out.extend(settings(conn).await?);
+
+    let grants: Vec<String> = conn.query("SHOW GRANTS").await?;
+    let all = grants.join(" ").to_ascii_uppercase();
+    let has = |p: &str| all.contains("ALL PRIVILEGES ON *.*") || all.contains(p);
+    let monitor = if server.mariadb {
+        "BINLOG MONITOR"
+    } else {
+        "REPLICATION CLIENT"
+    };
+    for (p, why) in [
+        ("REPLICATION SLAVE", "to read the binlog"),
+        (monitor, "to read binlog positions"),
+        ("SELECT", "for the snapshot"),
+    ] {
+        // MariaDB 10.5+ shows REPLICATION CLIENT as BINLOG MONITOR and accepts both names.
+        let ok = has(p) || (p == "BINLOG MONITOR" && has("REPLICATION CLIENT"));
+        out.push(if ok {
+            Finding::new("grants", Level::Ok, format!("{p} granted"))
+        } else {
+            Finding::new(
+                "grants",
+                Level::Error,
+                format!("the user lacks {p} ({why}): GRANT {p} ON *.* TO <user>"),
+            )
+        });
+    }
+
+    let logs: Vec<(String, u64)> = match conn.query("SHOW BINARY LOGS").await {
+        Ok(rows) => rows,
+        Err(e) => {
+            out.push(Finding::new(
+                "binlog_retention",
+                Level::Warning,
+                format!("cannot list the binary logs: {}", Error::from(e).one_line()),
+            ));
+            Vec::new()
+        }
+    };
+    if let (Some(first), Some(pos)) = (logs.first(), stored) {
+        let oldest = BinlogCoord::new(first.0.clone(), 4);
+        out.push(if *pos < oldest {
+            Finding::new(
+                "binlog_retention",
+                Level::Error,
+                format!(
+                    "the pipeline's position {pos} is older than the oldest binlog on the server ({}): \
+                     those changes are gone. Run `tidemark reset` to take a new snapshot",
+                    first.0
+                ),
+            )
+        } else {
+            Finding::new(
+                "binlog_retention",
+                Level::Ok,
+                format!("the binlog still holds the pipeline's position {pos}"),
+            )
+        });
+    }
+    let expire = variable(conn, "binlog_expire_logs_seconds")
+        .await?
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let expire_days = variable(conn, "expire_logs_days")
+        .await?
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let expire = expire.max((expire_days * 86400.0) as u64);
+    out.push(if expire == 0 || expire >= 3 * 86400 {
+        Finding::new(
+            "binlog_retention",
+            Level::Ok,
+            if expire == 0 {
+                "binlogs are kept until purged by hand".to_string()
+            } else {
+                format!("binlogs are kept {} h", expire / 3600)
+            },
+        )
+    } else {
+        Finding::new(
+            "binlog_retention",
+            Level::Warning,
+            format!(
+                "binlogs expire after {} h: a pipeline stopped longer than that needs a new snapshot. \
+                 Consider SET GLOBAL binlog_expire_logs_seconds = 259200 (3 days) or more",
+                expire / 3600
+            ),
+        )
+    });
+
+    let own_id = variable(conn, "server_id").await?.unwrap_or_default();
+    let hosts: Vec<mysql_async::Row> = conn.query("SHOW SLAVE HOSTS").await.unwrap_or_default();
+    let taken = hosts.iter().any(|r| {
+        r.get::<Option<u32>, _>(0)
+            .flatten()
+            .is_some_and(|id| id == server_id)
+    });
+    out.push(if own_id == server_id.to_string() {
+        Finding::new(
+            "server_id",
+            Level::Error,
+            format!("tidemark's server_id {server_id} equals the server's own: set source.server_id to another value"),
+        )
+    } else if taken {
+        Finding::new(
+            "server_id",
+            Level::Warning,
+            format!(
+                "a registered replica already uses server_id {server_id} (another tidemark worker of this pipeline, or a replica): \
+                 if it is not this pipeline, set source.server_id to a unique value"
+            ),
+        )
+    } else {
+        Finding::new(
+            "server_id",
+            Level::Ok,
+            format!("server_id {server_id} is not used by another replica"),
+        )
+    });
+    Ok(out)
+}
+
+/// `SHOW MASTER STATUS` (`SHOW BINARY LOG STATUS` on MySQL 8.4): the current write position.
+pub async fn current_position(conn: &mut Conn) -> Result<BinlogCoord> {
+    let row: Option<mysql_async::Row> = match conn.query_first("SHOW MASTER STATUS").await {
+        Ok(r) => r,
+        Err(_) => conn.query_first("SHOW BINARY LOG STATUS").await?,
+    };
+    let row = row.ok_or_else(|| {
+        Error::config("SHOW MASTER STATUS returned nothing: the binary log is off (enable log_bin)")
+    })?;
+    let file: Option<String> = row.get(0);
+    let pos: Option<u64> = row.get(1);
+    Ok(BinlogCoord::new(file.unwrap_or_default(), pos.unwrap_or(4)))
+}
+
+pub use connect::server_info;

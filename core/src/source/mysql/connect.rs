@@ -1,0 +1,207 @@
+//! Connecting to MySQL/MariaDB, and what its errors mean for a pipeline.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder};
+
+use crate::config::SourceConfig;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Row events can be larger than the server's `max_allowed_packet` for clients; ask for the most.
+const MAX_PACKET: usize = 1 << 30;
+
+/// A parsed `mysql://` (or `mariadb://`) source URL.
+#[derive(Clone)]
+pub struct MySource {
+    pub opts: Opts,
+    /// The database named in the URL: the default schema of captured tables.
+    pub database: String,
+}
+
+impl std::fmt::Debug for MySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mysql://{}@{}:{}/{}",
+            self.opts.user().unwrap_or(""),
+            self.opts.ip_or_hostname(),
+            self.opts.tcp_port(),
+            self.database
+        )
+    }
+}
+
+/// Whether `url` names a MySQL/MariaDB source.
+pub fn is_mysql_url(url: &str) -> bool {
+    url.starts_with("mysql://") || url.starts_with("mariadb://")
+}
+
+/// The connection settings of a configured source. The password comes from the secret (if
+/// configured), else the URL, else `TIDEMARK_SOURCE_PASSWORD`, else `MYSQL_PWD`; it never appears
+/// in errors. `?socket=/path` connects over a unix socket.
+pub fn source_settings(src: &SourceConfig) -> Result<MySource> {
+    let url = src
+        .url
+        .strip_prefix("mariadb://")
+        .map(|rest| format!("mysql://{rest}"))
+        .unwrap_or_else(|| src.url.clone());
+    let opts = Opts::from_url(&url).map_err(|e| {
+        Error::config(format!(
+            "source.url is not a valid mysql:// URL ({}): expected mysql://user[:password]@host:port/database",
+            redact(&e.to_string())
+        ))
+    })?;
+    let database = opts.db_name().map(str::to_string).unwrap_or_default();
+    if database.is_empty() {
+        return Err(Error::config(
+            "source.url names no database: use mysql://user@host:port/database (the default schema of the captured tables)",
+        ));
+    }
+    let mut b = OptsBuilder::from_opts(opts.clone())
+        .max_allowed_packet(Some(MAX_PACKET))
+        .prefer_socket(false)
+        .stmt_cache_size(0);
+    let password = src
+        .password
+        .as_ref()
+        .map(|p| p.expose().to_string())
+        .or_else(|| opts.pass().map(str::to_string))
+        .or_else(|| std::env::var("TIDEMARK_SOURCE_PASSWORD").ok())
+        .or_else(|| std::env::var("MYSQL_PWD").ok());
+    b = b.pass(password);
+    Ok(MySource {
+        opts: b.into(),
+        database,
+    })
+}
+
+fn redact(s: &str) -> String {
+    // mysql_async's URL errors can echo the URL; keep only the reason.
+    s.split(" in ").next().unwrap_or(s).to_string()
+}
+
+/// Opens an SQL session with UTC time, utf8mb4 results and no statement timeout surprises.
+pub async fn sql_connect(src: &MySource) -> Result<Conn> {
+    let mut conn = Conn::new(src.opts.clone()).await?;
+    conn.query_drop("SET time_zone = '+00:00', NAMES utf8mb4, SESSION sql_mode = ''")
+        .await?;
+    Ok(conn)
+}
+
+/// MySQL server error codes that change what a pipeline should do.
+pub mod codes {
+    /// Access denied.
+    pub const ACCESS_DENIED: u16 = 1045;
+    pub const DB_ACCESS_DENIED: u16 = 1044;
+    pub const NO_SUCH_TABLE: u16 = 1146;
+    pub const BAD_DB: u16 = 1049;
+    /// The binlog dump failed: the requested position or GTID is not in the binlog any more.
+    pub const MASTER_FATAL_READING_BINLOG: u16 = 1236;
+    pub const SPECIFIC_ACCESS_DENIED: u16 = 1227;
+    /// MariaDB: another connection with the same server_id replaced this one.
+    pub const CONNECTION_KILLED_DUPLICATE_ID: u16 = 4052;
+}
+
+impl From<mysql_async::Error> for Error {
+    fn from(e: mysql_async::Error) -> Self {
+        use mysql_async::Error as E;
+        match &e {
+            E::Server(s) => {
+                let (kind, hint) = match s.code {
+                    codes::ACCESS_DENIED | codes::DB_ACCESS_DENIED => (
+                        ErrorKind::Config,
+                        "check the user, password and host in source.url",
+                    ),
+                    codes::SPECIFIC_ACCESS_DENIED => (
+                        ErrorKind::Config,
+                        "grant the user REPLICATION SLAVE, BINLOG MONITOR (MySQL: REPLICATION CLIENT) and SELECT",
+                    ),
+                    codes::MASTER_FATAL_READING_BINLOG => (
+                        ErrorKind::Config,
+                        "the stored binlog position is no longer on the server (purged, or binlog_expire_logs_seconds passed): \
+                         changes since then are lost; run `tidemark reset` to take a new snapshot",
+                    ),
+                    codes::CONNECTION_KILLED_DUPLICATE_ID => (
+                        ErrorKind::Config,
+                        "another replica or binlog reader uses the same server_id: set source.server_id to a unique value",
+                    ),
+                    codes::NO_SUCH_TABLE | codes::BAD_DB => (
+                        ErrorKind::Config,
+                        "check source.tables and the database in source.url",
+                    ),
+                    _ => (ErrorKind::Transient, ""),
+                };
+                let msg = format!("MySQL error {} ({}): {}", s.code, s.state, s.message);
+                let msg = if hint.is_empty() {
+                    msg
+                } else {
+                    format!("{msg}; {hint}")
+                };
+                Error::new(kind, msg)
+            }
+            E::Io(_) => Error::with_source(ErrorKind::Transient, "MySQL connection failed", e),
+            E::Driver(_) => Error::with_source(ErrorKind::Transient, "MySQL client error", e),
+            E::Url(_) => Error::config(format!("source.url: {}", redact(&e.to_string()))),
+            E::Other(_) => Error::with_source(ErrorKind::Fatal, "MySQL client error", e),
+        }
+    }
+}
+
+/// The server's product and version, from `SELECT VERSION()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub version: String,
+    pub mariadb: bool,
+}
+
+pub async fn server_info(conn: &mut Conn) -> Result<ServerInfo> {
+    let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
+    let version = version.unwrap_or_default();
+    Ok(ServerInfo {
+        mariadb: version.to_ascii_lowercase().contains("mariadb"),
+        version,
+    })
+}
+
+/// A global variable's value, `None` when the server has no such variable.
+pub async fn variable(conn: &mut Conn, name: &str) -> Result<Option<String>> {
+    let row: Option<(String, Option<String>)> = conn
+        .exec_first(
+            "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME = ?",
+            (name.to_ascii_uppercase(),),
+        )
+        .await?;
+    Ok(row.map(|(_, v)| v.unwrap_or_default()))
+}
+
+/// Quotes an identifier with backticks.
+pub fn quote_ident(s: &str) -> String {
+    format!("`{}`", s.replace('`', "``"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_needs_a_database_and_keeps_the_password_secret() {
+        let src = |url: &str| SourceConfig {
+            url: url.into(),
+            tables: vec![],
+            slot: None,
+            publication: None,
+            snapshot: true,
+            password_secret_arn: None,
+            password: None,
+            server_id: None,
+            resume: None,
+        };
+        let s = source_settings(&src("mysql://u:hunter2@127.0.0.1:3307/app")).unwrap();
+        assert_eq!(s.database, "app");
+        assert_eq!(s.opts.tcp_port(), 3307);
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let s = source_settings(&src("mariadb://u@127.0.0.1/app")).unwrap();
+        assert_eq!(s.database, "app");
+        let e = source_settings(&src("mysql://u@127.0.0.1:3306")).unwrap_err();
+        assert!(e.to_string().contains("names no database"), "{e}");
+    }
+}

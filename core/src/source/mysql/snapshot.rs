@@ -1,0 +1,305 @@
+//! The MySQL/MariaDB initial snapshot: a consistent read whose exact binlog coordinate is known,
+//! so the stream continues with exactly the transactions after it.
+//!
+//! MariaDB: `START TRANSACTION WITH CONSISTENT SNAPSHOT` and `binlog_snapshot_file/position`
+//! (no global lock). MySQL lacks those: there `FLUSH TABLES WITH READ LOCK` is held on a second
+//! session just while the snapshot starts and `SHOW MASTER STATUS` is read.
+//!
+//! Memory is bounded: rows stream from the server into part builders (see
+//! [`crate::source::snapshot`]); tables with a single integer primary key are read in key-ordered
+//! chunks of one part each, so progress survives a restart at chunk granularity.
+
+use futures_util::StreamExt;
+use indicatif::ProgressBar;
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+
+use crate::change::{Column, Op, RowMeta, SchemaRef, TableId, TableSchema};
+use crate::error::{Error, Result};
+use crate::output::{Layout, ObjectOutput};
+use crate::position::BinlogCoord;
+use crate::source::mysql::connect::{MySource, quote_ident, sql_connect};
+use crate::source::mysql::types;
+use crate::source::snapshot::{KeyPlan, Part, SnapshotMeta, progress_bar};
+
+/// A consistent snapshot open on `conn`, at `coord` (and `gtid`, on MariaDB).
+pub struct Snapshot {
+    pub conn: Conn,
+    pub coord: BinlogCoord,
+    pub gtid: Option<String>,
+    pub taken_at: i64,
+}
+
+/// Opens a consistent snapshot and reads its binlog coordinate.
+pub async fn open(src: &MySource, mariadb: bool) -> Result<Snapshot> {
+    let mut conn = sql_connect(src).await?;
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    let status: Vec<(String, String)> = if mariadb {
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .await?;
+        conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await?
+    } else {
+        Vec::new()
+    };
+    let get = |k: &str| {
+        status
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
+    let coord = match (get("binlog_snapshot_file"), get("binlog_snapshot_position")) {
+        (Some(f), Some(p)) if !f.is_empty() => BinlogCoord::new(
+            f,
+            p.parse()
+                .map_err(|_| Error::data(format!("binlog_snapshot_position {p:?}")))?,
+        ),
+        _ => {
+            // MySQL: a brief global read lock pins the position while the snapshot starts.
+            conn.query_drop("ROLLBACK").await?;
+            let mut lock = sql_connect(src).await?;
+            lock.query_drop("FLUSH TABLES WITH READ LOCK").await?;
+            conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                .await?;
+            let coord = crate::source::mysql::check::current_position(&mut lock).await;
+            lock.query_drop("UNLOCK TABLES").await?;
+            coord?
+        }
+    };
+    let gtid: Option<String> = if mariadb {
+        conn.exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&coord.file, coord.pos))
+            .await?
+            .flatten()
+    } else {
+        None
+    };
+    let taken_at: Option<i64> = conn
+        .query_first("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)")
+        .await?;
+    Ok(Snapshot {
+        conn,
+        coord,
+        gtid,
+        taken_at: taken_at.unwrap_or(0),
+    })
+}
+
+/// Base tables of `databases` (or exactly `tables`, checked to exist), sorted.
+pub async fn list_tables(
+    conn: &mut Conn,
+    databases: &[String],
+    tables: &[TableId],
+) -> Result<Vec<TableId>> {
+    let mut out = Vec::new();
+    for db in databases {
+        let rows: Vec<(String, String)> = conn
+            .exec(
+                "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+                (db,),
+            )
+            .await?;
+        out.extend(rows.into_iter().map(|(s, t)| TableId::new(s, t)));
+    }
+    for t in tables {
+        let found: Option<u8> = conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&t.schema, &t.name),
+            )
+            .await?;
+        if found.is_none() {
+            return Err(Error::config(format!(
+                "table {t} does not exist: check source.tables (MySQL tables are database.table)"
+            )));
+        }
+        out.push(t.clone());
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// A table's schema from `information_schema` (same types as the binlog mapping), with each
+/// column's DATA_TYPE (how its text values are parsed).
+pub async fn table_schema(conn: &mut Conn, table: &TableId) -> Result<(SchemaRef, Vec<String>)> {
+    let rows: Vec<(String, String, String, Option<String>, String)> = conn
+        .exec(
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, COLUMN_KEY \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+             ORDER BY ORDINAL_POSITION",
+            (&table.schema, &table.name),
+        )
+        .await?;
+    if rows.is_empty() {
+        return Err(Error::config(format!(
+            "table {table} has no columns or does not exist"
+        )));
+    }
+    let data_types = rows.iter().map(|r| r.1.clone()).collect();
+    let columns = rows
+        .into_iter()
+        .map(|(name, data_type, column_type, charset, key)| {
+            let ty = types::info_schema_type(&data_type, &column_type, charset.as_deref());
+            Column {
+                name,
+                ty,
+                source_type: column_type,
+                key: key == "PRI",
+            }
+        })
+        .collect();
+    let schema = TableSchema {
+        id: table.clone(),
+        columns,
+    }
+    .with_output_names();
+    Ok((std::sync::Arc::new(schema), data_types))
+}
+
+/// One chunk (or the whole table) to copy.
+pub struct ChunkRange<'a> {
+    pub schema: &'a SchemaRef,
+    pub data_types: &'a [String],
+    /// Source column names (the output may rename some).
+    pub source_names: &'a [String],
+    pub plan: &'a KeyPlan,
+    pub after: Option<i64>,
+    pub limit: Option<usize>,
+    pub part_rows: usize,
+    pub first_part: u32,
+    pub first_ord: u64,
+    pub write_empty: bool,
+}
+
+/// What a chunk copy wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Copied {
+    pub rows: u64,
+    pub parts: u32,
+    pub last_key: Option<i64>,
+}
+
+/// Copies a range of a table into `snapshot_id=<id>/part-NNNNN.parquet` objects, streaming
+/// rows (never the whole result) from the snapshot session. Part keys depend only on part
+/// numbers, so a replay overwrites the same keys.
+pub async fn copy_range(
+    conn: &mut Conn,
+    r: &ChunkRange<'_>,
+    meta: &SnapshotMeta<'_>,
+    layout: &Layout,
+    output: &dyn ObjectOutput,
+    bar: &ProgressBar,
+) -> Result<Copied> {
+    let schema = r.schema;
+    let table = &schema.id;
+    let cols: Vec<String> = r.source_names.iter().map(|c| quote_ident(c)).collect();
+    let mut sql = format!(
+        "SELECT {} FROM {}.{}",
+        cols.join(", "),
+        quote_ident(&table.schema),
+        quote_ident(&table.name)
+    );
+    if let KeyPlan::Integer { index, .. } = r.plan {
+        let key = cols.get(*index).cloned().unwrap_or_default();
+        if let Some(after) = r.after {
+            sql.push_str(&format!(" WHERE {key} > {after}"));
+        }
+        sql.push_str(&format!(" ORDER BY {key}"));
+        if let Some(limit) = r.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+    }
+    let mut result = conn.query_iter(sql).await?;
+    let mut stream = result
+        .stream::<mysql_async::Row>()
+        .await?
+        .ok_or_else(|| Error::fatal("snapshot query returned no result set"))?;
+    let mut part = Part::new(schema)?;
+    let mut out = Copied::default();
+    let mut values = Vec::with_capacity(schema.columns.len());
+    while let Some(row) = stream.next().await {
+        let mut row = row?;
+        values.clear();
+        for (i, col) in schema.columns.iter().enumerate() {
+            let v = match row.take::<mysql_async::Value, _>(i) {
+                None | Some(mysql_async::Value::NULL) => crate::change::Value::Null,
+                Some(mysql_async::Value::Bytes(b)) => {
+                    types::parse_text(&col.ty, &r.data_types[i], &b)
+                        .map_err(|e| e.context(format!("{table}.{}", col.name)))?
+                }
+                Some(other) => {
+                    let text = other.as_sql(true);
+                    types::parse_text(
+                        &col.ty,
+                        &r.data_types[i],
+                        text.trim_matches('\'').as_bytes(),
+                    )
+                    .map_err(|e| e.context(format!("{table}.{}", col.name)))?
+                }
+            };
+            values.push(v);
+        }
+        let m = RowMeta {
+            op: Op::Snapshot,
+            pos: meta.pos,
+            ord: r.first_ord + out.rows,
+            commit_ts: meta.taken_at,
+            xid: None,
+        };
+        part.push(&m, &values)?;
+        if let Some(k) = r.plan.key_of(&values) {
+            out.last_key = Some(out.last_key.map_or(k, |l: i64| l.max(k)));
+        }
+        out.rows += 1;
+        if part.rows == r.part_rows {
+            let full = std::mem::replace(&mut part, Part::new(schema)?);
+            let key = layout.snapshot_key(table, meta.snapshot_id, r.first_part + out.parts);
+            output.put(&key, full.finish()?).await?;
+            out.parts += 1;
+        }
+        if out.rows.is_multiple_of(4096) {
+            bar.inc(4096);
+        }
+    }
+    drop(stream);
+    drop(result);
+    bar.inc(out.rows % 4096);
+    if part.rows > 0 || (r.write_empty && out.parts == 0) {
+        let key = layout.snapshot_key(table, meta.snapshot_id, r.first_part + out.parts);
+        output.put(&key, part.finish()?).await?;
+        out.parts += 1;
+    }
+    Ok(out)
+}
+
+/// A progress bar for one table's copy against the server's row estimate.
+pub async fn table_progress(
+    conn: &mut Conn,
+    table: &TableId,
+    done: u64,
+    enabled: bool,
+) -> Result<ProgressBar> {
+    if !enabled {
+        return Ok(ProgressBar::hidden());
+    }
+    let estimate: Option<Option<u64>> = conn
+        .exec_first(
+            "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (&table.schema, &table.name),
+        )
+        .await?;
+    let bar = progress_bar(table, estimate.flatten().unwrap_or(0).max(done), true);
+    bar.set_position(done);
+    Ok(bar)
+}
+
+/// The source column names of a table (in order), for the SELECT list.
+pub async fn source_columns(conn: &mut Conn, table: &TableId) -> Result<Vec<String>> {
+    Ok(conn
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            (&table.schema, &table.name),
+        )
+        .await?)
+}

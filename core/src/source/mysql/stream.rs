@@ -1,0 +1,493 @@
+//! The binlog stream task: reads events from the server, decodes captured rows with each
+//! table's plan, and hands the pipeline transactions in binlog (= commit) order.
+//!
+//! Contracts:
+//! - Events reach the pipeline in binlog order through a bounded channel (backpressure); a
+//!   transaction is `Begin`, any number of `Rows`, then `Commit`, never interleaved. Rows of a
+//!   huge transaction stream through: nothing holds a whole transaction.
+//! - Commit points are only XID, a `COMMIT` query, a standalone statement (DDL) and an XA
+//!   COMMIT/ROLLBACK. Heartbeats only report liveness and how far the server has sent.
+//! - XA: rows of a prepared XA transaction are held (per XA id) until its XA COMMIT, where they
+//!   are delivered as that group's rows; XA ROLLBACK drops them. While one is open, `Commit`
+//!   carries a resume point at its beginning (and no GTID state), so a restart re-reads it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStreamRequest, Conn};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::change::{Op, SchemaRef, TableId, Value};
+use crate::error::{Error, Result};
+use crate::position::BinlogCoord;
+use crate::source::mysql::binlog::{
+    self, GtidState, MariaGtid, QueryKind, TablePlan, event, parse_table_map,
+};
+
+/// What the pipeline receives, in binlog order.
+#[derive(Debug)]
+pub enum MyEvent {
+    Begin {
+        /// Where the transaction's first event begins: orders transactions and names `_pos`.
+        tx: BinlogCoord,
+        /// Commit time, UNIX micros (the binlog's second resolution).
+        commit_ts: i64,
+    },
+    /// Rows of one rows event: `ops[i]` with `values[i*n..(i+1)*n]`, `n` = column count.
+    Rows {
+        schema: SchemaRef,
+        ops: Vec<Op>,
+        values: Vec<Value>,
+    },
+    /// A statement recorded in the schema history (DDL), inside the current transaction.
+    Ddl { database: String, query: String },
+    Commit {
+        /// Where reading resumes by file:pos after this transaction (or at the oldest open
+        /// XA transaction).
+        resume: BinlogCoord,
+        /// The GTID state after this transaction (`None` while an XA transaction is open or
+        /// when the server has no GTIDs).
+        gtid: Option<String>,
+    },
+    /// The server has sent everything before `at`.
+    Heartbeat { at: BinlogCoord },
+}
+
+/// Where and how to start reading.
+#[derive(Debug, Clone)]
+pub struct StartAt {
+    pub coord: BinlogCoord,
+    /// MariaDB: resume after this GTID state (every domain) instead of `coord`.
+    pub gtid: Option<String>,
+    pub use_gtid: bool,
+}
+
+/// Which tables are captured.
+#[derive(Debug, Clone)]
+pub enum Capture {
+    /// Every table of these databases.
+    Databases(HashSet<String>),
+    Tables(HashSet<TableId>),
+}
+
+impl Capture {
+    pub fn includes(&self, t: &TableId) -> bool {
+        match self {
+            Capture::Databases(d) => d.contains(&t.schema),
+            Capture::Tables(ts) => ts.contains(t),
+        }
+    }
+    fn includes_db(&self, db: &str) -> bool {
+        match self {
+            Capture::Databases(d) => d.contains(db),
+            Capture::Tables(ts) => ts.iter().any(|t| t.schema == db),
+        }
+    }
+}
+
+/// Handle on a running stream task.
+pub struct StreamHandle {
+    pub events: mpsc::Receiver<Result<MyEvent>>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl StreamHandle {
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        drop(self.events);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// Requests the binlog from `start` on `conn` and spawns the task reading it.
+pub async fn spawn(
+    mut conn: Conn,
+    server_id: u32,
+    start: StartAt,
+    capture: Capture,
+    mariadb: bool,
+) -> Result<StreamHandle> {
+    // A heartbeat every second while idle: liveness and lag even without traffic.
+    conn.query_drop("SET @master_heartbeat_period = 1000000000")
+        .await?;
+    if mariadb {
+        // Real GTID / annotate events instead of MySQL-compatible placeholders.
+        conn.query_drop("SET @mariadb_slave_capability = 4").await?;
+    }
+    let use_gtid = mariadb && start.use_gtid && start.gtid.is_some();
+    let state = GtidState::parse(start.gtid.as_deref().unwrap_or(""))?;
+    if use_gtid {
+        conn.exec_drop("SET @slave_connect_state = ?", (state.to_string(),))
+            .await?;
+        conn.query_drop("SET @slave_gtid_strict_mode = 0, @slave_gtid_ignore_duplicates = 0")
+            .await?;
+    }
+    let file = if use_gtid {
+        Vec::new()
+    } else {
+        start.coord.file.clone().into_bytes()
+    };
+    let request = BinlogStreamRequest::new(server_id)
+        .with_filename(&file)
+        .with_pos(if use_gtid { 4 } else { start.coord.pos });
+    let stream = conn.get_binlog_stream(request).await?;
+    let (tx, rx) = mpsc::channel(1024);
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let mut reader = Reader {
+        out: tx.clone(),
+        file: start.coord.file.clone(),
+        capture,
+        plans: HashMap::new(),
+        group: None,
+        state,
+        have_gtid: start.gtid.is_some(),
+        xa_open: BTreeMap::new(),
+        fde_seen: false,
+    };
+    let task = tokio::spawn(async move {
+        let mut stream = stream;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown_rx.changed() => break,
+                next = stream.next() => next,
+            };
+            let result = match next {
+                None => Err(Error::transient("the server ended the binlog stream")),
+                Some(Err(e)) => Err(Error::from(e)),
+                Some(Ok(ev)) => reader.on_event(&ev).await,
+            };
+            if let Err(e) = result {
+                let _ = tx.send(Err(e)).await;
+                break;
+            }
+            if reader.out.is_closed() {
+                break;
+            }
+        }
+        let _ = stream.close().await;
+    });
+    Ok(StreamHandle {
+        events: rx,
+        shutdown: shutdown_tx,
+        task,
+    })
+}
+
+/// The transaction (event group) being read.
+struct Group {
+    begin: BinlogCoord,
+    gtid: Option<MariaGtid>,
+    /// Begin already sent to the pipeline.
+    announced: bool,
+    commit_ts: i64,
+    /// Rows of a prepared XA group go to `Reader::xa_open` instead of the pipeline.
+    xa_prepare: bool,
+}
+
+struct Reader {
+    out: mpsc::Sender<Result<MyEvent>>,
+    file: String,
+    capture: Capture,
+    plans: HashMap<u64, Arc<TablePlan>>,
+    group: Option<Group>,
+    state: GtidState,
+    have_gtid: bool,
+    /// Prepared XA transactions not yet committed: where they began, and their rows.
+    xa_open: BTreeMap<Vec<u8>, (BinlogCoord, Vec<MyEvent>)>,
+    fde_seen: bool,
+}
+
+impl Reader {
+    async fn send(&self, ev: MyEvent) -> Result<()> {
+        self.out
+            .send(Ok(ev))
+            .await
+            .map_err(|_| Error::transient("pipeline stopped reading"))
+    }
+
+    fn start_group(&mut self, begin: BinlogCoord, ts: u32, gtid: Option<MariaGtid>) {
+        let xa_prepare = gtid
+            .as_ref()
+            .is_some_and(|g| g.flags & MariaGtid::FL_PREPARED_XA != 0);
+        self.group = Some(Group {
+            begin,
+            gtid,
+            announced: false,
+            commit_ts: i64::from(ts) * 1_000_000,
+            xa_prepare,
+        });
+    }
+
+    /// Sends `Begin` for the current group if not yet sent (an implicit group starts here).
+    async fn announce(&mut self, at: &BinlogCoord, ts: u32) -> Result<()> {
+        if self.group.is_none() {
+            self.start_group(at.clone(), ts, None);
+        }
+        let Some(g) = self.group.as_mut() else {
+            return Ok(());
+        };
+        if g.announced || g.xa_prepare {
+            return Ok(());
+        }
+        g.announced = true;
+        let ev = MyEvent::Begin {
+            tx: g.begin.clone(),
+            commit_ts: g.commit_ts,
+        };
+        self.send(ev).await
+    }
+
+    /// Ends the current group: a commit point at `end`.
+    async fn commit(&mut self, end: BinlogCoord, ts: u32) -> Result<()> {
+        let at = self
+            .group
+            .as_ref()
+            .map(|g| g.begin.clone())
+            .unwrap_or_else(|| end.clone());
+        self.announce(&at, ts).await?;
+        if let Some(g) = self.group.take().and_then(|g| g.gtid) {
+            self.state.apply(&g);
+            self.have_gtid = true;
+        }
+        let (resume, gtid) = match self.xa_open.values().map(|(b, _)| b).min() {
+            Some(oldest) => (oldest.clone(), None),
+            None => (end, self.have_gtid.then(|| self.state.to_string())),
+        };
+        self.send(MyEvent::Commit { resume, gtid }).await
+    }
+
+    async fn on_event(&mut self, ev: &mysql_common::binlog::events::Event) -> Result<()> {
+        let h = ev.header();
+        let ty = h.event_type_raw();
+        let data = ev.data();
+        let end = u64::from(h.log_pos());
+        let here = BinlogCoord::new(
+            self.file.clone(),
+            end.saturating_sub(u64::from(h.event_size())),
+        );
+        let ts = h.timestamp();
+        tracing::trace!(event_type = ty, at = %here, "binlog event");
+        match ty {
+            event::ROTATE => {
+                let (pos, name) = binlog::parse_rotate(data, !self.fde_seen)?;
+                self.file = name;
+                if h.log_pos() != 0 && self.group.is_none() {
+                    // A real rotate between transactions is a resume point.
+                    self.send(MyEvent::Heartbeat {
+                        at: BinlogCoord::new(self.file.clone(), pos),
+                    })
+                    .await?;
+                }
+            }
+            event::FORMAT_DESCRIPTION => self.fde_seen = true,
+            event::HEARTBEAT if self.group.is_none() => {
+                self.send(MyEvent::Heartbeat {
+                    at: BinlogCoord::new(self.file.clone(), end),
+                })
+                .await?;
+            }
+            event::MARIA_GTID => {
+                let g = MariaGtid::parse(data, h.server_id())?;
+                self.start_group(here, ts, Some(g));
+            }
+            event::MYSQL_GTID | event::MYSQL_ANONYMOUS_GTID => self.start_group(here, ts, None),
+            event::QUERY => {
+                let (db, sql) = binlog::parse_query(data)?;
+                self.on_query(
+                    &db,
+                    &sql,
+                    here,
+                    BinlogCoord::new(self.file.clone(), end),
+                    ts,
+                )
+                .await?;
+            }
+            event::XID => {
+                self.commit(BinlogCoord::new(self.file.clone(), end), ts)
+                    .await?
+            }
+            event::XA_PREPARE_LOG => {
+                let xid = binlog::xa_prepare_xid(data)?;
+                if let Some(g) = self.group.take() {
+                    let entry = self
+                        .xa_open
+                        .entry(xid)
+                        .or_insert_with(|| (g.begin.clone(), Vec::new()));
+                    entry.0 = g.begin;
+                    if let Some(gt) = g.gtid {
+                        self.state.apply(&gt);
+                        self.have_gtid = true;
+                    }
+                }
+            }
+            event::TABLE_MAP => {
+                let tm = parse_table_map(data)?;
+                let id = TableId::new(tm.database.clone(), tm.table.clone());
+                let same = self
+                    .plans
+                    .get(&tm.table_id)
+                    .is_some_and(|p| p.fingerprint == tm.rest);
+                if !same {
+                    let plan = TablePlan::build(&tm, self.capture.includes(&id))?;
+                    self.plans.insert(tm.table_id, Arc::new(plan));
+                }
+            }
+            t if binlog::rows_kind(t).is_some() => {
+                let Some((op, v2)) = binlog::rows_kind(t) else {
+                    return Ok(());
+                };
+                let table_id = binlog::rows_table_id(data)?;
+                let Some(plan) = self.plans.get(&table_id).cloned() else {
+                    return Err(Error::data(format!(
+                        "rows event at {here} for table id {table_id} without a TABLE_MAP"
+                    )));
+                };
+                if !plan.captured {
+                    return Ok(());
+                }
+                let mut ops = Vec::new();
+                let mut values = Vec::new();
+                binlog::decode_rows(&plan, data, op, v2, &mut ops, &mut values)
+                    .map_err(|e| e.context(format!("at {here}")))?;
+                let rows = MyEvent::Rows {
+                    schema: plan.schema.clone(),
+                    ops,
+                    values,
+                };
+                if let Some(g) = self.group.as_ref().filter(|g| g.xa_prepare) {
+                    let key = g
+                        .gtid
+                        .as_ref()
+                        .and_then(|g| g.xid.clone())
+                        .unwrap_or_default();
+                    let begin = g.begin.clone();
+                    self.xa_open
+                        .entry(key)
+                        .or_insert_with(|| (begin, Vec::new()))
+                        .1
+                        .push(rows);
+                } else {
+                    self.announce(&here, ts).await?;
+                    self.send(rows).await?;
+                }
+            }
+            t if (event::MARIA_COMPRESSED_FIRST..=event::MARIA_COMPRESSED_LAST).contains(&t) => {
+                return Err(Error::config(
+                    "the binlog holds compressed events (log_bin_compress = ON), which tidemark cannot read: \
+                     set log_bin_compress = OFF",
+                ));
+            }
+            _ => {} // GTID_LIST, BINLOG_CHECKPOINT, ANNOTATE_ROWS, INTVAR, RAND, USER_VAR, STOP, ...
+        }
+        Ok(())
+    }
+
+    async fn on_query(
+        &mut self,
+        db: &str,
+        sql: &str,
+        here: BinlogCoord,
+        end: BinlogCoord,
+        ts: u32,
+    ) -> Result<()> {
+        match binlog::classify_query(sql) {
+            QueryKind::Begin => {
+                if self.group.is_none() {
+                    self.start_group(here, ts, None);
+                }
+            }
+            QueryKind::Commit | QueryKind::Rollback => self.commit(end, ts).await?,
+            QueryKind::Ignore => {}
+            QueryKind::XaCommit | QueryKind::XaRollback => {
+                let commit = matches!(binlog::classify_query(sql), QueryKind::XaCommit);
+                let xid = self
+                    .group
+                    .as_ref()
+                    .and_then(|g| g.gtid.as_ref())
+                    .and_then(|g| g.xid.clone());
+                let held = xid.and_then(|x| self.xa_open.remove(&x));
+                if let Some((_, rows)) = held
+                    && commit
+                {
+                    let at = self.group.as_ref().map(|g| g.begin.clone()).unwrap_or(here);
+                    self.announce(&at, ts).await?;
+                    for r in rows {
+                        self.send(r).await?;
+                    }
+                }
+                self.commit(end, ts).await?;
+            }
+            QueryKind::StatementDml => {
+                if self.capture.includes_db(db) {
+                    return Err(Error::config(format!(
+                        "statement-based binlog entry for database {db} at {here}: tidemark needs row events. \
+                         Set binlog_format = ROW (SET GLOBAL binlog_format = 'ROW', in my.cnf, and in sessions that override it); \
+                         statement: {}",
+                        sql.chars().take(120).collect::<String>()
+                    )));
+                }
+                self.commit(end, ts).await?;
+            }
+            QueryKind::Truncate(name) => {
+                let id = match name.split_once('.') {
+                    Some((d, t)) => TableId::new(d, t),
+                    None => TableId::new(db, name.as_str()),
+                };
+                let schema = self
+                    .plans
+                    .values()
+                    .find(|p| p.schema.id == id && p.captured)
+                    .map(|p| p.schema.clone());
+                let at = self.group.as_ref().map(|g| g.begin.clone()).unwrap_or(here);
+                self.announce(&at, ts).await?;
+                if self.capture.includes(&id) {
+                    self.send(MyEvent::Ddl {
+                        database: db.to_string(),
+                        query: sql.to_string(),
+                    })
+                    .await?;
+                }
+                if let Some(schema) = schema {
+                    let n = schema.columns.len();
+                    self.send(MyEvent::Rows {
+                        schema,
+                        ops: vec![Op::Truncate],
+                        values: vec![Value::Null; n],
+                    })
+                    .await?;
+                }
+                self.commit(end, ts).await?;
+            }
+            QueryKind::Ddl => {
+                let at = self.group.as_ref().map(|g| g.begin.clone()).unwrap_or(here);
+                self.announce(&at, ts).await?;
+                if self.capture.includes_db(db) || mentions_captured(&self.capture, sql) {
+                    self.send(MyEvent::Ddl {
+                        database: db.to_string(),
+                        query: sql.to_string(),
+                    })
+                    .await?;
+                }
+                self.commit(end, ts).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a statement names a captured database (`db.table` written with another default).
+fn mentions_captured(capture: &Capture, sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase().replace('`', "");
+    let dbs: Vec<String> = match capture {
+        Capture::Databases(d) => d.iter().cloned().collect(),
+        Capture::Tables(t) => t.iter().map(|t| t.schema.clone()).collect(),
+    };
+    dbs.iter()
+        .any(|d| lower.contains(&format!("{}.", d.to_ascii_lowercase())))
+}
