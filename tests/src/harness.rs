@@ -68,6 +68,8 @@ pub async fn admin_sql() -> tokio_postgres::Client {
 pub struct Scenario {
     pub name: String,
     pub dir: tempfile::TempDir,
+    /// The source URL; `None`: the stack's PostgreSQL.
+    pub source: Option<String>,
 }
 
 impl Scenario {
@@ -76,6 +78,15 @@ impl Scenario {
         Scenario {
             name,
             dir: tempfile::tempdir().expect("tempdir"),
+            source: None,
+        }
+    }
+
+    /// A scenario reading the stack's MariaDB.
+    pub fn mysql(prefix: &str) -> Self {
+        Scenario {
+            source: Some(env("TIDEMARK_MY_URL")),
+            ..Self::new(prefix)
         }
     }
 
@@ -94,7 +105,7 @@ impl Scenario {
             .arg("--pipeline")
             .arg(&self.name)
             .arg("--source-url")
-            .arg(pg_url())
+            .arg(self.source.clone().unwrap_or_else(pg_url))
             .env("TIDEMARK_STATE_HOME", self.state())
             .env("TIDEMARK_LOG_FORMAT", "json")
             .env("TIDEMARK_LOG", "info");
@@ -323,7 +334,23 @@ pub async fn assert_exactly_once(
     client: &tokio_postgres::Client,
     table: &str,
 ) -> usize {
-    let rows = s.output_rows(&format!("public.{table}"), "id, v, _op, _pos, _ord");
+    let source: std::collections::BTreeMap<i64, i64> = client
+        .query(&format!("select id::int8, v::int8 from {table}"), &[])
+        .await
+        .expect("source rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_exactly_once_against(s, &format!("public.{table}"), &source)
+}
+
+/// [`assert_exactly_once`] for any source: `source` maps each live key to its version.
+pub fn assert_exactly_once_against(
+    s: &Scenario,
+    output_table: &str,
+    source: &std::collections::BTreeMap<i64, i64>,
+) -> usize {
+    let rows = s.output_rows(output_table, "id, v, _op, _pos, _ord");
     let mut per_key: std::collections::BTreeMap<i64, Vec<(i64, String)>> = Default::default();
     let mut seen_pos = std::collections::HashSet::new();
     for r in &rows {
@@ -341,13 +368,6 @@ pub async fn assert_exactly_once(
             r["_op"].as_str().unwrap_or("").to_string(),
         ));
     }
-    let source: std::collections::BTreeMap<i64, i64> = client
-        .query(&format!("select id::int8, v::int8 from {table}"), &[])
-        .await
-        .expect("source rows")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
     for (id, hist) in &per_key {
         let mut expect_v: Option<i64> = None;
         for (i, (v, op)) in hist.iter().enumerate() {

@@ -109,6 +109,13 @@ struct PipelineArgs {
     /// Create the DynamoDB positions table when it does not exist.
     #[arg(long)]
     create_table: bool,
+    /// MySQL/MariaDB: resume by `gtid` (default on MariaDB) or by binlog `file`:pos.
+    #[arg(long, env = "TIDEMARK_RESUME", value_parser = ["gtid", "file"])]
+    resume: Option<String>,
+    /// MySQL/MariaDB: the binlog client's server_id, unique among replicas (default: derived
+    /// from the pipeline name).
+    #[arg(long, env = "TIDEMARK_SERVER_ID")]
+    server_id: Option<u32>,
     /// Seconds a worker's lease lasts unrenewed (default 30); a standby takes over after it.
     #[arg(long, env = "TIDEMARK_LEASE_TTL_SECS")]
     lease_ttl_secs: Option<u64>,
@@ -196,6 +203,12 @@ impl PipelineArgs {
         }
         if self.create_table {
             cfg.positions.create_table = true;
+        }
+        if let Some(r) = &self.resume {
+            cfg.source.resume = Some(r.clone());
+        }
+        if let Some(id) = self.server_id {
+            cfg.source.server_id = Some(id);
         }
         if let Some(t) = self.lease_ttl_secs {
             cfg.positions.lease_ttl_secs = Some(t);

@@ -367,6 +367,7 @@ impl TablePlan {
                     Decoder::Var {
                         len_bytes: if m < 256 { 1 } else { 2 },
                         charset: cs,
+                        pad_to: 0,
                     },
                     format!("varchar({m})"),
                     0,
@@ -383,6 +384,7 @@ impl TablePlan {
                         Decoder::Var {
                             len_bytes: if len < 256 { 1 } else { 2 },
                             charset: cs,
+                            pad_to: if cs == Charset::Binary { len as u16 } else { 0 },
                         },
                         format!("char({len})"),
                         0,
@@ -392,6 +394,7 @@ impl TablePlan {
                     Decoder::Var {
                         len_bytes: (m as u8).clamp(1, 4),
                         charset: cs,
+                        pad_to: 0,
                     },
                     if cs == Charset::Binary {
                         "blob"
@@ -405,6 +408,7 @@ impl TablePlan {
                     Decoder::Var {
                         len_bytes: (m as u8).clamp(1, 4),
                         charset: Charset::Binary,
+                        pad_to: 0,
                     },
                     "geometry".into(),
                     0,

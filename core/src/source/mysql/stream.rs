@@ -81,12 +81,6 @@ impl Capture {
             Capture::Tables(ts) => ts.contains(t),
         }
     }
-    fn includes_db(&self, db: &str) -> bool {
-        match self {
-            Capture::Databases(d) => d.contains(db),
-            Capture::Tables(ts) => ts.iter().any(|t| t.schema == db),
-        }
-    }
 }
 
 /// Handle on a running stream task.
@@ -424,7 +418,7 @@ impl Reader {
                 self.commit(end, ts).await?;
             }
             QueryKind::StatementDml => {
-                if self.capture.includes_db(db) {
+                if concerns(&self.capture, db, sql) {
                     return Err(Error::config(format!(
                         "statement-based binlog entry for database {db} at {here}: tidemark needs row events. \
                          Set binlog_format = ROW (SET GLOBAL binlog_format = 'ROW', in my.cnf, and in sessions that override it); \
@@ -467,7 +461,7 @@ impl Reader {
             QueryKind::Ddl => {
                 let at = self.group.as_ref().map(|g| g.begin.clone()).unwrap_or(here);
                 self.announce(&at, ts).await?;
-                if self.capture.includes_db(db) || mentions_captured(&self.capture, sql) {
+                if concerns(&self.capture, db, sql) {
                     self.send(MyEvent::Ddl {
                         database: db.to_string(),
                         query: sql.to_string(),
@@ -481,13 +475,58 @@ impl Reader {
     }
 }
 
-/// Whether a statement names a captured database (`db.table` written with another default).
-fn mentions_captured(capture: &Capture, sql: &str) -> bool {
+/// Whether a statement (run with default database `db`) may concern a captured table: for a
+/// table list, it names one of them; for whole databases, it runs in or names one of them.
+/// Errs on the side of yes (a false match only adds a schema-history record, or refuses a
+/// statement-format change that would be lost otherwise).
+fn concerns(capture: &Capture, db: &str, sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase().replace('`', "");
-    let dbs: Vec<String> = match capture {
-        Capture::Databases(d) => d.iter().cloned().collect(),
-        Capture::Tables(t) => t.iter().map(|t| t.schema.clone()).collect(),
-    };
-    dbs.iter()
-        .any(|d| lower.contains(&format!("{}.", d.to_ascii_lowercase())))
+    match capture {
+        Capture::Databases(dbs) => {
+            dbs.contains(db)
+                || dbs
+                    .iter()
+                    .any(|d| lower.contains(&format!("{}.", d.to_ascii_lowercase())))
+        }
+        Capture::Tables(ts) => ts.iter().any(|t| {
+            let name = t.name.to_ascii_lowercase();
+            let named = lower.match_indices(&name).any(|(i, _)| {
+                let before = lower[..i].chars().next_back();
+                let after = lower[i + name.len()..].chars().next();
+                let ident = |c: Option<char>| {
+                    c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+                };
+                !ident(before) && !ident(after)
+            });
+            named
+                && (t.schema == db
+                    || lower.contains(&format!("{}.", t.schema.to_ascii_lowercase())))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_concern_captured_tables_only() {
+        let tables = Capture::Tables([TableId::new("app", "orders")].into_iter().collect());
+        assert!(concerns(&tables, "app", "ALTER TABLE `orders` ADD c INT"));
+        assert!(concerns(
+            &tables,
+            "other",
+            "alter table app.orders add c int"
+        ));
+        assert!(!concerns(
+            &tables,
+            "app",
+            "ALTER TABLE orders_old ADD c INT"
+        ));
+        assert!(!concerns(&tables, "other", "ALTER TABLE orders ADD c INT"));
+        let dbs = Capture::Databases(["app".to_string()].into_iter().collect());
+        assert!(concerns(&dbs, "app", "CREATE TABLE x (id int)"));
+        assert!(concerns(&dbs, "mysql", "RENAME TABLE app.a TO app.b"));
+        assert!(!concerns(&dbs, "mysql", "CREATE USER u"));
+    }
 }

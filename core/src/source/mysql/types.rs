@@ -107,6 +107,8 @@ pub enum Decoder {
     Var {
         len_bytes: u8,
         charset: Charset,
+        /// BINARY(n): the binlog drops trailing 0x00 bytes, MySQL pads them back to n.
+        pad_to: u16,
     },
     /// BIT(n): big-endian in `bytes` bytes.
     Bit {
@@ -309,9 +311,20 @@ pub fn decode(d: &Decoder, ty: &ColumnType, c: &mut Cursor<'_>) -> Result<Value>
                 Value::Timestamp(secs * 1_000_000)
             }
         }
-        Decoder::Var { len_bytes, charset } => {
+        Decoder::Var {
+            len_bytes,
+            charset,
+            pad_to,
+        } => {
             let n = c.le(usize::from(*len_bytes))? as usize;
-            bytes_value(c.take(n)?, *charset)
+            let v = bytes_value(c.take(n)?, *charset);
+            match v {
+                Value::Bytes(mut b) if b.len() < usize::from(*pad_to) => {
+                    b.resize(usize::from(*pad_to), 0);
+                    Value::Bytes(b)
+                }
+                v => v,
+            }
         }
         Decoder::Bit { bytes } => int_value(ty, i128::from(c.be(usize::from(*bytes))?)),
         Decoder::Enum { bytes, names } => {
@@ -726,11 +739,13 @@ mod tests {
         let utf8 = Decoder::Var {
             len_bytes: 1,
             charset: Charset::Utf8,
+            pad_to: 0,
         };
         assert_eq!(dec(&utf8, b"\x03h\xc3\xa9"), Value::Text("hé".into()));
         let latin1 = Decoder::Var {
             len_bytes: 2,
             charset: Charset::Latin1,
+            pad_to: 0,
         };
         assert_eq!(dec(&latin1, b"\x02\x00h\xe9"), Value::Text("hé".into()));
         let names = Arc::new(vec!["a".to_string(), "b".into(), "c".into()]);
@@ -766,6 +781,7 @@ mod tests {
             Decoder::Var {
                 len_bytes: 4,
                 charset: Charset::Utf8,
+                pad_to: 0,
             },
             Decoder::Json,
             Decoder::Date,

@@ -1,0 +1,103 @@
+//! Test support for the MySQL/MariaDB source: SQL sessions against the stack's MariaDB, a
+//! versioned table and a random workload (the same shapes as the PostgreSQL ones).
+
+use std::collections::BTreeMap;
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+
+use crate::harness::env;
+
+/// The stack's MariaDB as the test user (database `app`).
+pub fn my_url() -> String {
+    env("TIDEMARK_MY_URL")
+}
+
+pub async fn conn() -> Conn {
+    Conn::new(mysql_async::Opts::from_url(&my_url()).expect("TIDEMARK_MY_URL"))
+        .await
+        .expect("connect to the local MariaDB (is `infra/local/stack up` running?)")
+}
+
+/// Runs statements (`;`-separated, no result sets).
+pub async fn exec(c: &mut Conn, sql: &str) {
+    c.query_drop(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nSQL: {sql}"));
+}
+
+/// `table (id bigint primary key, v int, payload varchar(64))` with `rows` rows at v = 0.
+pub async fn versioned_table(c: &mut Conn, table: &str, rows: i64) {
+    exec(
+        c,
+        &format!(
+            "DROP TABLE IF EXISTS {table}; \
+             CREATE TABLE {table} (id BIGINT PRIMARY KEY, v INT NOT NULL, payload VARCHAR(64)); \
+             INSERT INTO {table} SELECT seq, 0, MD5(seq) FROM seq_1_to_{rows};"
+        ),
+    )
+    .await;
+}
+
+/// Random inserts, updates and deletes in transactions of 1-10 statements until `stop`.
+/// Returns the number of statements.
+pub async fn workload(
+    table: String,
+    first_new_id: i64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> u64 {
+    let mut c = conn().await;
+    let mut next = first_new_id;
+    let mut ops = 0u64;
+    while !*stop.borrow() {
+        let mut sql = String::from("START TRANSACTION;");
+        for _ in 0..fastrand::usize(1..=10) {
+            let id = fastrand::i64(1..next.max(2));
+            match fastrand::u8(0..10) {
+                0..=2 => {
+                    sql.push_str(&format!(
+                        "INSERT INTO {table} (id, v, payload) VALUES ({next}, 0, MD5(RAND()));"
+                    ));
+                    next += 1;
+                }
+                3..=7 => sql.push_str(&format!(
+                    "UPDATE {table} SET v = v + 1, payload = MD5(RAND()) WHERE id = {id};"
+                )),
+                _ => sql.push_str(&format!("DELETE FROM {table} WHERE id = {id};")),
+            }
+            ops += 1;
+        }
+        sql.push_str("COMMIT;");
+        exec(&mut c, &sql).await;
+        tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(0..15))).await;
+    }
+    ops
+}
+
+/// `id -> v` of every row of a versioned table.
+pub async fn versions(c: &mut Conn, table: &str) -> BTreeMap<i64, i64> {
+    let rows: Vec<(i64, i64)> = c
+        .query(format!("SELECT id, v FROM {table}"))
+        .await
+        .expect("source rows");
+    rows.into_iter().collect()
+}
+
+/// Drops the tables a test created (best effort).
+pub async fn drop_tables(tables: &[&str]) {
+    let mut c = conn().await;
+    for t in tables {
+        let _ = c.query_drop(format!("DROP TABLE IF EXISTS {t}")).await;
+    }
+}
+
+/// The stack's MariaDB as root over its unix socket (server settings, FLUSH/PURGE BINARY LOGS).
+pub async fn admin() -> Conn {
+    let opts = mysql_async::OptsBuilder::default()
+        .socket(Some(env("TIDEMARK_MY_SOCKET")))
+        .user(Some("root"))
+        .db_name(Some("app"));
+    Conn::new(opts)
+        .await
+        .expect("connect to the local MariaDB as root over its socket")
+}
