@@ -381,3 +381,86 @@ async fn health_check_and_embedded_metric_lines() {
     assert!(batches.iter().all(|v| v["Pipeline"] == s.name.as_str()));
     s.cleanup(&c).await;
 }
+
+/// MySQL/MariaDB `check`: settings, grants, retention, server_id and keys, each with its fix;
+/// then a position the server purged: `run` stops with the fix and `check` says so.
+/// (Here rather than in mysql_pipeline: PURGE BINARY LOGS must not race other binlog readers.)
+#[tokio::test]
+async fn mysql_check_and_a_purged_binlog_position() {
+    use mysql_async::prelude::Queryable;
+    use tidemark_e2e::mysql::{self as my, exec};
+    let mut c = my::conn().await;
+    let mut admin = my::admin().await;
+    let s = Scenario::mysql("mycheck");
+    let (good, nopk) = (format!("g_{}", s.name), format!("n_{}", s.name));
+    exec(
+        &mut c,
+        &format!("CREATE TABLE {good} (id INT PRIMARY KEY); CREATE TABLE {nopk} (a INT);"),
+    )
+    .await;
+    let tables = [format!("app.{good}"), format!("app.{nopk}")];
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let (code, out, err) = run(&mut s.command("check", &tables, &["--server-id", "77001"]));
+    assert_eq!(code, 0, "{out}{err}");
+    for want in [
+        "ok    binlog_format",
+        "ok    binlog_row_image",
+        "ok    binlog_row_metadata",
+        "REPLICATION SLAVE granted",
+        "BINLOG MONITOR granted",
+        "server_id 77001 is not used",
+        "primary key present",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(
+        out.contains(&format!("app.{nopk} has no primary key")),
+        "{out}"
+    );
+
+    // The server's own server_id is refused with the fix.
+    let (code, out, _) = run(&mut s.command("check", &tables, &["--server-id", "101"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("set source.server_id"), "{out}");
+
+    // Stop with a position, let the server purge past it.
+    let (code, _, err) = run(&mut s.command(
+        "run",
+        &tables[..1],
+        &["--until-caught-up", "--server-id", "77001"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    exec(&mut admin, "FLUSH BINARY LOGS").await;
+    exec(&mut c, &format!("INSERT INTO {good} VALUES (1)")).await;
+    exec(&mut admin, "FLUSH BINARY LOGS").await;
+    let current: Option<(String, u64)> = admin
+        .query_first("SHOW MASTER STATUS")
+        .await
+        .unwrap()
+        .map(|r: mysql_async::Row| (r.get::<String, _>(0).unwrap(), r.get::<u64, _>(1).unwrap()));
+    let (file, _) = current.unwrap();
+    exec(&mut admin, &format!("PURGE BINARY LOGS TO '{file}'")).await;
+    let (code, _, err) = run(&mut s.command(
+        "run",
+        &tables[..1],
+        &[
+            "--until-caught-up",
+            "--server-id",
+            "77001",
+            "--max-retries",
+            "0",
+        ],
+    ));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("1236") && err.contains("tidemark reset"),
+        "{err}"
+    );
+    let (code, out, _) = run(&mut s.command("check", &tables[..1], &["--server-id", "77001"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("older than the oldest binlog") && out.contains("tidemark reset"),
+        "{out}"
+    );
+    my::drop_tables(&[&good, &nopk]).await;
+}

@@ -589,3 +589,76 @@ async fn every_type_round_trips_through_snapshot_and_stream() {
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     my::drop_tables(&[&table]).await;
 }
+
+/// XA: rows of a prepared transaction appear once, at its XA COMMIT, also when tidemark restarts
+/// between XA PREPARE and XA COMMIT; an XA ROLLBACK leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xa_transactions_appear_once_at_commit_across_a_restart() {
+    let mut c = my::conn().await;
+    let mut other = my::conn().await;
+    let s = Scenario::mysql("myxa");
+    let table = format!("t_{}", s.name);
+    exec(
+        &mut c,
+        &format!(
+            "CREATE TABLE {table} (id BIGINT PRIMARY KEY, v INT NOT NULL, payload VARCHAR(64))"
+        ),
+    )
+    .await;
+    let qualified = format!("app.{table}");
+    let sid = server_id();
+    let args = [
+        "--until-caught-up",
+        "--server-id",
+        sid.as_str(),
+        "--flush-interval-ms",
+        "200",
+    ];
+    let run = |s: &Scenario| {
+        let out = s.command("run", &[&qualified], &args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&s);
+    let mut third = my::conn().await;
+    let (x1, x2) = (format!("{}_1", s.name), format!("{}_2", s.name));
+    exec(
+        &mut c,
+        &format!("XA START '{x1}'; INSERT INTO {table} VALUES (1, 0, 'xa'), (2, 0, 'xa'); XA END '{x1}'; XA PREPARE '{x1}';"),
+    )
+    .await;
+    exec(
+        &mut third,
+        &format!("XA START '{x2}'; INSERT INTO {table} VALUES (9, 0, 'rolled back'); XA END '{x2}'; XA PREPARE '{x2}';"),
+    )
+    .await;
+    exec(
+        &mut other,
+        &format!("INSERT INTO {table} VALUES (3, 0, 'plain')"),
+    )
+    .await;
+    run(&s); // sees the prepared groups and the plain insert; commits past them
+    exec(&mut c, &format!("XA COMMIT '{x1}'")).await;
+    exec(&mut third, &format!("XA ROLLBACK '{x2}'")).await;
+    exec(&mut c, &format!("UPDATE {table} SET v = 1 WHERE id = 1")).await;
+    run(&s);
+    let got: Vec<String> = s
+        .output_rows(&qualified, "_op, id, v")
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["_op"].as_str().unwrap_or("?"),
+                r["id"],
+                r["v"]
+            )
+        })
+        .collect();
+    assert_eq!(got, ["I 3 0", "I 1 0", "I 2 0", "U 1 1"], "{got:?}");
+    let checked = assert_exactly_once_against(&s, &qualified, &versions(&mut c, &table).await);
+    assert_eq!(checked, 4);
+    my::drop_tables(&[&table]).await;
+}
