@@ -543,6 +543,8 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         (Some(r), _) if r.state == PipelineState::Error => "ERROR".into(),
         // Running on another machine (no local status file): the slot is in use or the lease live.
         (_, Some(s)) if s.active_pid.is_some() || lease.is_some() => "RUNNING".into(),
+        // MySQL has no slot: a live lease means a worker is running.
+        (_, None) if cfg.is_mysql() && lease.is_some() => "RUNNING".into(),
         (_, _) if cp.as_ref().is_some_and(|c| c.position.is_some()) => "STOPPED".into(),
         _ => "NEW".into(),
     };

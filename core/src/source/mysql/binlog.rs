@@ -29,6 +29,8 @@ pub mod event {
     pub const MYSQL_GTID: u8 = 33;
     pub const MYSQL_ANONYMOUS_GTID: u8 = 34;
     pub const XA_PREPARE_LOG: u8 = 38;
+    /// MySQL 8 partial JSON updates (`binlog_row_value_options = PARTIAL_JSON`).
+    pub const MYSQL_PARTIAL_UPDATE_ROWS: u8 = 39;
     pub const MARIA_ANNOTATE_ROWS: u8 = 160;
     pub const MARIA_BINLOG_CHECKPOINT: u8 = 161;
     pub const MARIA_GTID: u8 = 162;

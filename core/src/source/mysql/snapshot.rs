@@ -193,7 +193,20 @@ pub async fn copy_range(
 ) -> Result<Copied> {
     let schema = r.schema;
     let table = &schema.id;
-    let cols: Vec<String> = r.source_names.iter().map(|c| quote_ident(c)).collect();
+    // FLOAT is cast to DOUBLE: the text protocol rounds FLOAT to 6 significant digits, the
+    // binlog carries the stored value, and f32 -> f64 -> text -> f32 is exact.
+    let cols: Vec<String> = r
+        .source_names
+        .iter()
+        .zip(r.data_types)
+        .map(|(c, t)| {
+            if t.eq_ignore_ascii_case("float") {
+                format!("CAST({} AS DOUBLE)", quote_ident(c))
+            } else {
+                quote_ident(c)
+            }
+        })
+        .collect();
     let mut sql = format!(
         "SELECT {} FROM {}.{}",
         cols.join(", "),
@@ -201,7 +214,11 @@ pub async fn copy_range(
         quote_ident(&table.name)
     );
     if let KeyPlan::Integer { index, .. } = r.plan {
-        let key = cols.get(*index).cloned().unwrap_or_default();
+        let key = r
+            .source_names
+            .get(*index)
+            .map(|c| quote_ident(c))
+            .unwrap_or_default();
         if let Some(after) = r.after {
             sql.push_str(&format!(" WHERE {key} > {after}"));
         }

@@ -371,6 +371,12 @@ impl Reader {
                     self.send(rows).await?;
                 }
             }
+            event::MYSQL_PARTIAL_UPDATE_ROWS => {
+                return Err(Error::config(
+                    "the binlog holds partial JSON updates (binlog_row_value_options = PARTIAL_JSON), which tidemark cannot apply: \
+                     SET GLOBAL binlog_row_value_options = ''",
+                ));
+            }
             t if (event::MARIA_COMPRESSED_FIRST..=event::MARIA_COMPRESSED_LAST).contains(&t) => {
                 return Err(Error::config(
                     "the binlog holds compressed events (log_bin_compress = ON), which tidemark cannot read: \
@@ -433,11 +439,21 @@ impl Reader {
                     Some((d, t)) => TableId::new(d, t),
                     None => TableId::new(db, name.as_str()),
                 };
+                // The table's columns if a TABLE_MAP was seen, else a `T` row without data
+                // columns (its metadata columns say all there is to say).
                 let schema = self
                     .plans
                     .values()
                     .find(|p| p.schema.id == id && p.captured)
-                    .map(|p| p.schema.clone());
+                    .map(|p| p.schema.clone())
+                    .or_else(|| {
+                        self.capture.includes(&id).then(|| {
+                            Arc::new(crate::change::TableSchema {
+                                id: id.clone(),
+                                columns: Vec::new(),
+                            })
+                        })
+                    });
                 let at = self.group.as_ref().map(|g| g.begin.clone()).unwrap_or(here);
                 self.announce(&at, ts).await?;
                 if self.capture.includes(&id) {

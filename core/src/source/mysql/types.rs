@@ -379,7 +379,7 @@ fn int_value(ty: &ColumnType, v: i128) -> Value {
 fn bytes_value(b: &[u8], charset: Charset) -> Value {
     match charset {
         Charset::Binary => Value::Bytes(b.to_vec()),
-        Charset::Latin1 => Value::Text(b.iter().map(|&x| char::from(x)).collect()),
+        Charset::Latin1 => Value::Text(b.iter().map(|&x| latin1_char(x)).collect()),
         Charset::Utf8 => Value::Text(match std::str::from_utf8(b) {
             Ok(s) => s.to_string(),
             Err(_) => String::from_utf8_lossy(b).into_owned(),
@@ -474,6 +474,20 @@ fn render_time(neg: bool, h: u64, m: u64, s: u64, micros: u64, fsp: u8) -> Strin
         out.push_str(&f[..usize::from(fsp.min(6))]);
     }
     out
+}
+
+/// MySQL's latin1 is Windows-1252: 0x80-0x9F are mostly printable (€, ‘, ’, …), as the
+/// server's own conversion to utf8mb4 renders them.
+fn latin1_char(b: u8) -> char {
+    const HIGH: [char; 32] = [
+        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž',
+        '\u{8f}', '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}',
+        'ž', 'Ÿ',
+    ];
+    match b {
+        0x80..=0x9f => HIGH[usize::from(b - 0x80)],
+        _ => char::from(b),
+    }
 }
 
 /// Days since 1970-01-01, or `Unavailable` for MySQL's zero and partial dates.
@@ -748,6 +762,7 @@ mod tests {
             pad_to: 0,
         };
         assert_eq!(dec(&latin1, b"\x02\x00h\xe9"), Value::Text("hé".into()));
+        assert_eq!(dec(&latin1, b"\x02\x00\x80\x93"), Value::Text("€“".into()));
         let names = Arc::new(vec!["a".to_string(), "b".into(), "c".into()]);
         let e = Decoder::Enum {
             bytes: 1,
