@@ -27,6 +27,9 @@ pub struct Batch {
     bytes: usize,
     started: Option<Instant>,
     last_commit_ts: Option<i64>,
+    /// The key of the last push and its schema and day: consecutive rows of one table and day
+    /// find their builder without building a key (no allocation per row).
+    last_key: Option<(SchemaRef, i64, (TableId, String))>,
 }
 
 impl Batch {
@@ -62,13 +65,22 @@ impl Batch {
     }
 
     pub fn push(&mut self, schema: &SchemaRef, meta: &RowMeta<'_>, values: &[Value]) -> Result<()> {
-        let dt = date_partition(meta.commit_ts);
-        let key = (schema.id.clone(), dt);
-        let open = self.open.entry(key).or_insert_with(|| Open {
-            builder: TableBatchBuilder::new(schema.clone()),
-            first: (meta.pos.to_string(), meta.ord),
-            last: (String::new(), 0),
-        });
+        let day = meta.commit_ts.div_euclid(86_400_000_000);
+        let cached = matches!(&self.last_key, Some((s, d, _)) if std::sync::Arc::ptr_eq(s, schema) && *d == day);
+        if !cached {
+            let key = (schema.id.clone(), date_partition(meta.commit_ts));
+            self.open.entry(key.clone()).or_insert_with(|| Open {
+                builder: TableBatchBuilder::new(schema.clone()),
+                first: (meta.pos.to_string(), meta.ord),
+                last: (String::new(), 0),
+            });
+            self.last_key = Some((schema.clone(), day, key));
+        }
+        let open = match &self.last_key {
+            Some((_, _, key)) => self.open.get_mut(key),
+            None => None,
+        }
+        .ok_or_else(|| crate::Error::fatal("batch builder missing for its key"))?;
         let before = open.builder.approx_bytes();
         open.builder.push(meta, values)?;
         let after = open.builder.approx_bytes();
@@ -88,6 +100,7 @@ impl Batch {
     /// Objects come back sorted by key.
     pub fn encode(&mut self, layout: &Layout) -> Result<Vec<(String, Vec<u8>)>> {
         let mut objects = Vec::with_capacity(self.open.len());
+        self.last_key = None;
         for ((table, dt), mut open) in std::mem::take(&mut self.open) {
             if open.builder.is_empty() {
                 continue;
