@@ -205,6 +205,80 @@ impl Pipeline {
     }
 }
 
+/// One committed batch, as reported to metrics, logs and the status file.
+pub(crate) struct Committed<'a> {
+    pub rows: u64,
+    pub objects: usize,
+    pub bytes: usize,
+    pub started: Instant,
+    /// Since the previous commit (rows/s).
+    pub since: Duration,
+    pub last_commit_ts: Option<i64>,
+    pub lag_bytes: Option<u64>,
+    pub position: &'a dyn std::fmt::Display,
+}
+
+impl Pipeline {
+    /// Counts a committed batch and reports it (EMF metrics, log line, status file).
+    pub(crate) fn report_commit(&mut self, c: &Committed<'_>) {
+        self.commits += 1;
+        let (bytes, objects) = (c.bytes, c.objects);
+        let batch_ms = c.started.elapsed().as_millis() as u64;
+        self.metrics.batch(&crate::metrics::BatchMetrics {
+            rows: c.rows,
+            objects: objects as u64,
+            bytes: bytes as u64,
+            batch_ms,
+            rows_per_sec: c.rows as f64 / c.since.as_secs_f64().max(1e-3),
+            lag_seconds: c
+                .last_commit_ts
+                .map(|ts| ((crate::store::now_ms() * 1000 - ts).max(0) as f64) / 1e6),
+            lag_bytes: c.lag_bytes,
+        });
+        if c.rows > 0 {
+            tracing::info!(rows = c.rows, objects, bytes, position = %c.position, batch_ms, "committed batch");
+        }
+        if let Some(s) = &mut self.status {
+            s.committed(c.position.to_string(), c.rows);
+        }
+    }
+
+    /// Saves a snapshot chunk's progress: the table is done (`finished`) or copied up to
+    /// `progress`. Returns the saved checkpoint.
+    pub(crate) async fn save_chunk(
+        &self,
+        cp: &Checkpoint,
+        progress: &crate::store::TableProgress,
+        finished: bool,
+    ) -> Result<Checkpoint> {
+        let mut next = cp.next();
+        if let Some(s) = &mut next.snapshot {
+            if finished {
+                s.tables_done.push(progress.table.clone());
+                s.current = None;
+            } else {
+                s.current = Some(progress.clone());
+            }
+        }
+        self.store.save(cp.expected(), &next, None).await?;
+        Ok(next)
+    }
+
+    /// Ends a table's copy: clears its progress bar, logs, updates the status file.
+    pub(crate) fn table_copied(
+        &mut self,
+        bar: &indicatif::ProgressBar,
+        progress: &crate::store::TableProgress,
+    ) {
+        bar.finish_and_clear();
+        let table = &progress.table;
+        tracing::info!(table = %table, rows = progress.rows_done, parts = progress.parts_done, "snapshot copied");
+        if let Some(s) = &mut self.status {
+            s.committed(format!("snapshot {table}"), progress.rows_done);
+        }
+    }
+}
+
 /// Deletes a table's snapshot parts numbered `from` and above.
 async fn delete_snapshot_parts(
     output: &dyn ObjectOutput,

@@ -325,26 +325,12 @@ impl Pipeline {
             progress.rows_done += copied.rows;
             progress.last_key = copied.last_key.or(progress.last_key);
             let finished = !chunked || copied.rows < part_rows as u64;
-            let mut next = cp.next();
-            if let Some(s) = &mut next.snapshot {
-                if finished {
-                    s.tables_done.push(table.clone());
-                    s.current = None;
-                } else {
-                    s.current = Some(progress.clone());
-                }
-            }
-            self.store.save(cp.expected(), &next, None).await?;
-            cp = next;
+            cp = self.save_chunk(&cp, &progress, finished).await?;
             if finished {
                 break;
             }
         }
-        bar.finish_and_clear();
-        tracing::info!(table = %table, rows = progress.rows_done, parts = progress.parts_done, "snapshot copied");
-        if let Some(s) = &mut self.status {
-            s.committed(format!("snapshot {table}"), progress.rows_done);
-        }
+        self.table_copied(&bar, &progress);
         Ok(Some(cp))
     }
 }
@@ -532,26 +518,18 @@ impl MyRun {
         .await?;
         self.durable_key = to.tx.key();
         self.durable = to.clone();
-        p.commits += 1;
-        let since = self.last_flush.elapsed().as_secs_f64().max(1e-3);
-        self.last_flush = std::time::Instant::now();
-        p.metrics.batch(&crate::metrics::BatchMetrics {
+        p.report_commit(&super::Committed {
             rows,
-            objects: n_objects as u64,
-            bytes: bytes as u64,
-            batch_ms: started.elapsed().as_millis() as u64,
-            rows_per_sec: rows as f64 / since,
-            lag_seconds: last_ts
-                .map(|ts| ((crate::store::now_ms() * 1000 - ts).max(0) as f64) / 1e6),
+            objects: n_objects,
+            bytes,
+            started,
+            since: self.last_flush.elapsed(),
+            last_commit_ts: last_ts,
             lag_bytes: (self.server_pos.file == to.resume.file)
                 .then(|| self.server_pos.pos.saturating_sub(to.resume.pos)),
+            position: &to,
         });
-        if rows > 0 {
-            tracing::info!(rows, objects = n_objects, bytes, position = %to, batch_ms = started.elapsed().as_millis() as u64, "committed batch");
-        }
-        if let Some(s) = &mut p.status {
-            s.committed(to.to_string(), rows);
-        }
+        self.last_flush = std::time::Instant::now();
         Ok(())
     }
 }
