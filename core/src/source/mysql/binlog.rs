@@ -642,6 +642,26 @@ pub fn xa_prepare_xid(data: &[u8]) -> Result<Vec<u8>> {
     Ok(x)
 }
 
+/// A MariaDB GTID_LIST event: the binlog state (last GTID per domain) at that point.
+pub fn parse_gtid_list(data: &[u8]) -> Result<Vec<MariaGtid>> {
+    let mut c = Cursor { buf: data };
+    let count = (le(c.take(4)?) & 0x0fff_ffff) as usize;
+    let mut out = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let domain = le(c.take(4)?) as u32;
+        let server = le(c.take(4)?) as u32;
+        let seq = le(c.take(8)?);
+        out.push(MariaGtid {
+            domain,
+            server,
+            seq,
+            flags: 0,
+            xid: None,
+        });
+    }
+    Ok(out)
+}
+
 /// A GTID state: the last sequence number per replication domain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GtidState(pub std::collections::BTreeMap<u32, (u32, u64)>);
@@ -844,6 +864,7 @@ mod tests {
             let _ = parse_rotate(&buf, true);
             let _ = MariaGtid::parse(&buf, 1);
             let _ = xa_prepare_xid(&buf);
+            let _ = parse_gtid_list(&buf);
             if let Ok(tm) = parse_table_map(&buf)
                 && let Ok(plan) = TablePlan::build(&tm, false)
             {

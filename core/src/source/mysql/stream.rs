@@ -115,6 +115,7 @@ pub async fn spawn(
     }
     let use_gtid = mariadb && start.use_gtid && start.gtid.is_some();
     let state = GtidState::parse(start.gtid.as_deref().unwrap_or(""))?;
+    let state_for_check = state.clone();
     if use_gtid {
         conn.exec_drop("SET @slave_connect_state = ?", (state.to_string(),))
             .await?;
@@ -142,6 +143,7 @@ pub async fn spawn(
         have_gtid: start.gtid.is_some(),
         xa_open: BTreeMap::new(),
         fde_seen: false,
+        gap_check: use_gtid.then_some(state_for_check),
     };
     let task = tokio::spawn(async move {
         let mut stream = stream;
@@ -195,6 +197,10 @@ struct Reader {
     /// Prepared XA transactions not yet committed: where they began, and their rows.
     xa_open: BTreeMap<Vec<u8>, (BinlogCoord, Vec<MyEvent>)>,
     fde_seen: bool,
+    /// GTID resume: the requested state, checked against the GTID_LIST events the server sends
+    /// before the first transaction. A list past it means the server skipped transactions
+    /// (purged binlogs): MariaDB does not refuse that by itself when strict mode is off.
+    gap_check: Option<GtidState>,
 }
 
 impl Reader {
@@ -286,7 +292,24 @@ impl Reader {
                 })
                 .await?;
             }
+            event::MARIA_GTID_LIST => {
+                if let Some(wanted) = &self.gap_check {
+                    for g in binlog::parse_gtid_list(data)? {
+                        if let Some((_, seq)) = wanted.0.get(&g.domain)
+                            && g.seq > *seq
+                        {
+                            return Err(Error::config(format!(
+                                "the binlog no longer holds the transactions after the pipeline's GTID position {wanted} \
+                                 (the server would start after {}-{}-{}): they were purged, changes since then are lost \
+                                 (MySQL error 1236 in effect). Run `tidemark reset` to take a new snapshot",
+                                g.domain, g.server, g.seq
+                            )));
+                        }
+                    }
+                }
+            }
             event::MARIA_GTID => {
+                self.gap_check = None;
                 let g = MariaGtid::parse(data, h.server_id())?;
                 self.start_group(here, ts, Some(g));
             }
