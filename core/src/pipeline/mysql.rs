@@ -147,6 +147,7 @@ impl Pipeline {
             server_pos: BinlogCoord::default(),
             skips,
             history: Vec::new(),
+            inflight: None,
             last_flush: std::time::Instant::now(),
         };
         let flush_every = self.config.batch.flush_interval();
@@ -156,7 +157,7 @@ impl Pipeline {
                 biased;
                 _ = shutdown.changed() => {
                     tracing::info!("shutting down: flushing and committing");
-                    break run.flush(self).await;
+                    break run.flush_all(self).await;
                 }
                 ev = handle.events.recv() => {
                     let Some(ev) = ev else {
@@ -169,7 +170,7 @@ impl Pipeline {
                         && run.received_through(stop)
                     {
                         tracing::info!(%stop, "caught up with the binlog position at start-up");
-                        break run.flush(self).await;
+                        break run.flush_all(self).await;
                     }
                 }
                 _ = tick.tick() => {
@@ -180,6 +181,10 @@ impl Pipeline {
                         || (run.batch.is_empty() && run.pending() > run.durable
                             && run.last_flush.elapsed() >= flush_every);
                     if due && let Err(e) = run.flush(self).await {
+                        break Err(e);
+                    }
+                    let encoded = run.inflight.as_ref().is_some_and(|f| f.encode.is_finished());
+                    if encoded && let Err(e) = run.settle(self).await {
                         break Err(e);
                     }
                 }
@@ -352,6 +357,7 @@ struct MyRun {
     skips: Vec<SkipRule>,
     /// Schema-history records of the current batch: key and JSON body.
     history: Vec<(String, Vec<u8>)>,
+    inflight: Option<InFlight>,
     last_flush: std::time::Instant,
 }
 
@@ -494,17 +500,53 @@ impl MyRun {
         Ok(())
     }
 
-    /// Makes everything received durable and commits the position.
+    /// Starts making everything received durable: the batch is encoded on a blocking thread
+    /// while the stream goes on; its commit ([`MyRun::settle`]) happens in order, before the
+    /// next batch's. At most two batches are in memory: one encoding, one filling.
     async fn flush(&mut self, p: &mut Pipeline) -> Result<()> {
         let to = self.pending();
-        if to <= self.durable && self.batch.is_empty() && self.history.is_empty() {
+        let last = self.inflight.as_ref().map_or(&self.durable, |f| &f.to);
+        if to <= *last && self.batch.is_empty() && self.history.is_empty() {
             return Ok(());
         }
+        self.settle(p).await?;
         let rows = self.batch.rows() as u64;
         let last_ts = self.batch.last_commit_ts();
         let started = std::time::Instant::now();
-        let mut objects = self.batch.encode(&self.layout)?;
-        objects.append(&mut self.history);
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut history = std::mem::take(&mut self.history);
+        let layout = self.layout.clone();
+        let encode = tokio::task::spawn_blocking(move || {
+            let mut objects = batch.encode(&layout)?;
+            objects.append(&mut history);
+            Ok(objects)
+        });
+        self.inflight = Some(InFlight {
+            encode,
+            to,
+            rows,
+            last_ts,
+            started,
+        });
+        Ok(())
+    }
+
+    /// Flushes and waits until everything received is committed.
+    async fn flush_all(&mut self, p: &mut Pipeline) -> Result<()> {
+        self.flush(p).await?;
+        self.settle(p).await
+    }
+
+    /// Waits for the batch in flight, then runs the commit protocol for it (intent, objects,
+    /// position).
+    async fn settle(&mut self, p: &mut Pipeline) -> Result<()> {
+        let Some(f) = self.inflight.take() else {
+            return Ok(());
+        };
+        let objects = f
+            .encode
+            .await
+            .map_err(|e| Error::fatal(format!("the Parquet encoding task failed: {e}")))??;
         let n_objects = objects.len();
         let bytes: usize = objects.iter().map(|(_, b)| b.len()).sum();
         self.cp = commit_batch(
@@ -512,24 +554,36 @@ impl MyRun {
             p.output.as_ref(),
             &self.cp,
             objects,
-            SourcePosition::Mysql(to.clone()),
-            last_ts,
+            SourcePosition::Mysql(f.to.clone()),
+            f.last_ts,
         )
         .await?;
-        self.durable_key = to.tx.key();
-        self.durable = to.clone();
+        self.durable_key = f.to.tx.key();
+        self.durable = f.to.clone();
         p.report_commit(&super::Committed {
-            rows,
+            rows: f.rows,
             objects: n_objects,
             bytes,
-            started,
+            started: f.started,
             since: self.last_flush.elapsed(),
-            last_commit_ts: last_ts,
-            lag_bytes: (self.server_pos.file == to.resume.file)
-                .then(|| self.server_pos.pos.saturating_sub(to.resume.pos)),
-            position: &to,
+            last_commit_ts: f.last_ts,
+            lag_bytes: (self.server_pos.file == f.to.resume.file)
+                .then(|| self.server_pos.pos.saturating_sub(f.to.resume.pos)),
+            position: &f.to,
         });
         self.last_flush = std::time::Instant::now();
         Ok(())
     }
+}
+
+/// Encoded objects: key and bytes.
+type Objects = Vec<(String, Vec<u8>)>;
+
+/// A batch being encoded, and the position its commit moves to.
+struct InFlight {
+    encode: tokio::task::JoinHandle<Result<Objects>>,
+    to: MyPosition,
+    rows: u64,
+    last_ts: Option<i64>,
+    started: std::time::Instant,
 }

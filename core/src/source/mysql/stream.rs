@@ -406,7 +406,14 @@ impl Reader {
                      set log_bin_compress = OFF",
                 ));
             }
-            _ => {} // GTID_LIST, BINLOG_CHECKPOINT, ANNOTATE_ROWS, INTVAR, RAND, USER_VAR, STOP, ...
+            event::MARIA_BINLOG_CHECKPOINT if self.group.is_none() && end > 0 => {
+                // Between transactions: the server has sent everything up to here.
+                self.send(MyEvent::Heartbeat {
+                    at: BinlogCoord::new(self.file.clone(), end),
+                })
+                .await?;
+            }
+            _ => {} // ANNOTATE_ROWS, INTVAR, RAND, USER_VAR, STOP, ...
         }
         Ok(())
     }
