@@ -214,11 +214,10 @@ pub fn decode(d: &Decoder, ty: &ColumnType, c: &mut Cursor<'_>) -> Result<Value>
         Decoder::Float => Value::F32(f32::from_bits(c.le(4)? as u32)),
         Decoder::Double => Value::F64(f64::from_bits(c.le(8)?)),
         Decoder::Decimal { precision, scale } => {
-            let (neg, digits) = read_decimal_digits(c, *precision, *scale)?;
             let mut v: i128 = 0;
-            for d in digits.bytes() {
-                v = v * 10 + i128::from(d - b'0');
-            }
+            let neg = read_decimal_groups(c, *precision, *scale, |group, width| {
+                v = v * 10i128.pow(width) + i128::from(group);
+            })?;
             Value::Decimal(if neg { -v } else { v })
         }
         Decoder::DecimalText { precision, scale } => {
@@ -392,6 +391,22 @@ const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
 /// Reads MySQL's packed DECIMAL: returns the sign and the digits (integer digits then exactly
 /// `scale` fraction digits, leading zeros kept).
 fn read_decimal_digits(c: &mut Cursor<'_>, precision: u8, scale: u8) -> Result<(bool, String)> {
+    let mut digits = String::with_capacity(usize::from(precision));
+    let neg = read_decimal_groups(c, precision, scale, |group, width| {
+        digits.push_str(&format!("{group:0w$}", w = width as usize));
+    })?;
+    Ok((neg, digits))
+}
+
+/// Walks MySQL's packed DECIMAL (precision <= 65): calls `each(group, width)` for its digit
+/// groups, most significant first (`width` decimal digits each, integer part then `scale`
+/// fraction digits). Returns whether the value is negative. No allocation.
+fn read_decimal_groups(
+    c: &mut Cursor<'_>,
+    precision: u8,
+    scale: u8,
+    mut each: impl FnMut(u64, u32),
+) -> Result<bool> {
     let (p, s) = (usize::from(precision), usize::from(scale));
     if s > p || p > 65 {
         return Err(Error::data(format!("DECIMAL({p},{s}) is not valid")));
@@ -400,38 +415,34 @@ fn read_decimal_digits(c: &mut Cursor<'_>, precision: u8, scale: u8) -> Result<(
     let (intg0, intg0x, frac0, frac0x) = (intg / 9, intg % 9, s / 9, s % 9);
     let size = intg0 * 4 + DIG2BYTES[intg0x] + frac0 * 4 + DIG2BYTES[frac0x];
     let raw = c.take(size)?;
-    let mut buf = raw.to_vec();
-    let neg = buf.first().is_some_and(|b| b & 0x80 == 0);
-    if let Some(b) = buf.first_mut() {
-        *b ^= 0x80;
-    }
-    if neg {
-        for b in &mut buf {
-            *b = !*b;
-        }
-    }
-    let mut r = Cursor { buf: &buf };
-    let mut digits = String::with_capacity(p);
-    let mut group = |c: &mut Cursor<'_>, bytes: usize, width: usize| -> Result<()> {
+    let neg = raw.first().is_some_and(|b| b & 0x80 == 0);
+    let mask: u8 = if neg { 0xff } else { 0 };
+    let mut at = 0usize;
+    let mut group = |bytes: usize, width: usize| -> Result<()> {
         if bytes == 0 {
             return Ok(());
         }
-        let v = c.be(bytes)?;
+        let mut v = 0u64;
+        for (i, b) in raw[at..at + bytes].iter().enumerate() {
+            let b = if at + i == 0 { b ^ 0x80 } else { *b };
+            v = (v << 8) | u64::from(b ^ mask);
+        }
+        at += bytes;
         if v >= 10u64.pow(width as u32) {
             return Err(Error::data("DECIMAL value has an invalid digit group"));
         }
-        digits.push_str(&format!("{v:0width$}"));
+        each(v, width as u32);
         Ok(())
     };
-    group(&mut r, DIG2BYTES[intg0x], intg0x)?;
+    group(DIG2BYTES[intg0x], intg0x)?;
     for _ in 0..intg0 {
-        group(&mut r, 4, 9)?;
+        group(4, 9)?;
     }
     for _ in 0..frac0 {
-        group(&mut r, 4, 9)?;
+        group(4, 9)?;
     }
-    group(&mut r, DIG2BYTES[frac0x], frac0x)?;
-    Ok((neg, digits))
+    group(DIG2BYTES[frac0x], frac0x)?;
+    Ok(neg)
 }
 
 fn render_decimal(neg: bool, digits: &str, scale: usize) -> String {
