@@ -405,7 +405,7 @@ async fn million_row_transaction_streams_in_bounded_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statement_format_dml_is_refused_with_the_fix() {
+async fn statement_format_dml_and_minimal_row_images_are_refused_with_the_fix() {
     let mut c = my::conn().await;
     let mut admin = my::admin().await;
     let s = Scenario::mysql("mystmt");
@@ -444,7 +444,34 @@ async fn statement_format_dml_is_refused_with_the_fix() {
         log.contains("binlog_format = ROW") && log.contains("statement-based"),
         "{log}"
     );
-    // Nothing was committed past the statement: the position stays before it.
+    // Nothing was committed past the statement: the position stays before it, so every run
+    // refuses it again until the operator re-snapshots.
+    let out = s.command("run", &[&qualified], &args).output().unwrap();
+    assert!(!out.status.success());
+    my::drop_tables(&[&table]).await;
+
+    // A MINIMAL row image (another session override) is refused the same way.
+    let s = Scenario::mysql("myminimal");
+    let table = format!("t_{}", s.name);
+    exec(
+        &mut c,
+        &format!("CREATE TABLE {table} (id INT PRIMARY KEY, a INT, b INT); INSERT INTO {table} VALUES (1, 1, 1);"),
+    )
+    .await;
+    let qualified = format!("app.{table}");
+    assert!(s.command("run", &[&qualified], &args).output().unwrap().status.success());
+    exec(
+        &mut admin,
+        &format!("SET SESSION binlog_row_image = 'MINIMAL'; UPDATE {table} SET a = 2 WHERE id = 1;"),
+    )
+    .await;
+    let out = s.command("run", &[&qualified], &args).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("partial row image") && log.contains("binlog_row_image = FULL"),
+        "{log}"
+    );
     my::drop_tables(&[&table]).await;
 }
 
