@@ -459,10 +459,18 @@ async fn statement_format_dml_and_minimal_row_images_are_refused_with_the_fix() 
     )
     .await;
     let qualified = format!("app.{table}");
-    assert!(s.command("run", &[&qualified], &args).output().unwrap().status.success());
+    assert!(
+        s.command("run", &[&qualified], &args)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
     exec(
         &mut admin,
-        &format!("SET SESSION binlog_row_image = 'MINIMAL'; UPDATE {table} SET a = 2 WHERE id = 1;"),
+        &format!(
+            "SET SESSION binlog_format = 'ROW', binlog_row_image = 'MINIMAL'; UPDATE {table} SET a = 2 WHERE id = 1;"
+        ),
     )
     .await;
     let out = s.command("run", &[&qualified], &args).output().unwrap();
@@ -699,6 +707,16 @@ async fn xa_transactions_appear_once_at_commit_across_a_restart() {
         })
         .collect();
     assert_eq!(got, ["I 3 0", "I 1 0", "I 2 0", "U 1 1"], "{got:?}");
+    // `_xid`: the GTID sequence number, one per transaction.
+    let xids: Vec<i64> = s
+        .output_rows(&qualified, "_xid")
+        .iter()
+        .map(|r| r["_xid"].as_i64().expect("_xid set"))
+        .collect();
+    assert!(
+        xids[1] == xids[2] && xids[0] < xids[1] && xids[2] < xids[3],
+        "{xids:?}"
+    );
     let checked = assert_exactly_once_against(&s, &qualified, &versions(&mut c, &table).await);
     assert_eq!(checked, 4);
     my::drop_tables(&[&table]).await;

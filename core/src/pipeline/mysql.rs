@@ -56,6 +56,7 @@ pub fn capture_of(tables: &[String], database: &str) -> (Capture, Vec<String>, V
 
 /// The transaction being received.
 struct Tx {
+    xid: Option<i64>,
     begin: BinlogCoord,
     /// `begin.key()`, computed once: compared for every row.
     key: crate::position::Lsn,
@@ -387,8 +388,9 @@ impl MyRun {
 
     async fn on_event(&mut self, p: &mut Pipeline, ev: MyEvent) -> Result<()> {
         match ev {
-            MyEvent::Begin { tx, commit_ts } => {
+            MyEvent::Begin { tx, commit_ts, xid } => {
                 self.tx = Some(Tx {
+                    xid,
                     key: tx.key(),
                     pos: tx.key().sortable(),
                     begin: tx,
@@ -489,7 +491,7 @@ impl MyRun {
             pos: &tx.pos,
             ord,
             commit_ts: tx.commit_ts,
-            xid: None,
+            xid: tx.xid,
         };
         self.batch.push(schema, &meta, values)?;
         tx.next_ord += 1;

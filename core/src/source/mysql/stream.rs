@@ -36,6 +36,8 @@ pub enum MyEvent {
         tx: BinlogCoord,
         /// Commit time, UNIX micros (the binlog's second resolution).
         commit_ts: i64,
+        /// MariaDB: the GTID's sequence number (unique within its domain).
+        xid: Option<i64>,
     },
     /// Rows of one rows event: `ops[i]` with `values[i*n..(i+1)*n]`, `n` = column count.
     Rows {
@@ -239,6 +241,7 @@ impl Reader {
         let ev = MyEvent::Begin {
             tx: g.begin.clone(),
             commit_ts: g.commit_ts,
+            xid: g.gtid.as_ref().and_then(|g| i64::try_from(g.seq).ok()),
         };
         self.send(ev).await
     }
