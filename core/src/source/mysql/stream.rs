@@ -247,12 +247,16 @@ impl Reader {
     }
 
     /// Ends the current group: a commit point at `end`.
-    async fn commit(&mut self, end: BinlogCoord, ts: u32) -> Result<()> {
+    /// Ends the current group at the commit event that starts at `here` and ends at `end`. A
+    /// commit without a group (a group the reader never saw begin) counts as one beginning at
+    /// `here`: never at `end`, where the next group begins — two groups must never share a
+    /// begin coordinate, or the second would count as durable with the first.
+    async fn commit(&mut self, here: BinlogCoord, end: BinlogCoord, ts: u32) -> Result<()> {
         let at = self
             .group
             .as_ref()
             .map(|g| g.begin.clone())
-            .unwrap_or_else(|| end.clone());
+            .unwrap_or_else(|| here.clone());
         self.announce(&at, ts).await?;
         if let Some(g) = self.group.take().and_then(|g| g.gtid) {
             self.state.apply(&g);
@@ -329,7 +333,7 @@ impl Reader {
                 .await?;
             }
             event::XID => {
-                self.commit(BinlogCoord::new(self.file.clone(), end), ts)
+                self.commit(here, BinlogCoord::new(self.file.clone(), end), ts)
                     .await?
             }
             event::XA_PREPARE_LOG => {
@@ -435,7 +439,9 @@ impl Reader {
                     self.start_group(here, ts, None);
                 }
             }
-            QueryKind::Commit | QueryKind::Rollback => self.commit(end, ts).await?,
+            QueryKind::Commit | QueryKind::Rollback => {
+                self.commit(here.clone(), end.clone(), ts).await?
+            }
             QueryKind::Ignore => {}
             QueryKind::XaCommit | QueryKind::XaRollback => {
                 let commit = matches!(binlog::classify_query(sql), QueryKind::XaCommit);
@@ -448,13 +454,16 @@ impl Reader {
                 if let Some((_, rows)) = held
                     && commit
                 {
-                    let at = self.group.as_ref().map(|g| g.begin.clone()).unwrap_or(here);
+                    let at = self
+                        .group
+                        .as_ref()
+                        .map_or_else(|| here.clone(), |g| g.begin.clone());
                     self.announce(&at, ts).await?;
                     for r in rows {
                         self.send(r).await?;
                     }
                 }
-                self.commit(end, ts).await?;
+                self.commit(here.clone(), end.clone(), ts).await?;
             }
             QueryKind::StatementDml => {
                 if concerns(&self.capture, db, sql) {
@@ -465,7 +474,7 @@ impl Reader {
                         sql.chars().take(120).collect::<String>()
                     )));
                 }
-                self.commit(end, ts).await?;
+                // Not ours: the group goes on to its XID or COMMIT.
             }
             QueryKind::Truncate(name) => {
                 let id = match name.split_once('.') {
@@ -487,7 +496,10 @@ impl Reader {
                             })
                         })
                     });
-                let at = self.group.as_ref().map(|g| g.begin.clone()).unwrap_or(here);
+                let at = self
+                    .group
+                    .as_ref()
+                    .map_or_else(|| here.clone(), |g| g.begin.clone());
                 self.announce(&at, ts).await?;
                 if self.capture.includes(&id) {
                     self.send(MyEvent::Ddl {
@@ -505,10 +517,13 @@ impl Reader {
                     })
                     .await?;
                 }
-                self.commit(end, ts).await?;
+                self.commit(here.clone(), end.clone(), ts).await?;
             }
             QueryKind::Ddl => {
-                let at = self.group.as_ref().map(|g| g.begin.clone()).unwrap_or(here);
+                let at = self
+                    .group
+                    .as_ref()
+                    .map_or_else(|| here.clone(), |g| g.begin.clone());
                 self.announce(&at, ts).await?;
                 if concerns(&self.capture, db, sql) {
                     self.send(MyEvent::Ddl {
@@ -517,7 +532,7 @@ impl Reader {
                     })
                     .await?;
                 }
-                self.commit(end, ts).await?;
+                self.commit(here.clone(), end.clone(), ts).await?;
             }
         }
         Ok(())
