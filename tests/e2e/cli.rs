@@ -102,8 +102,8 @@ async fn check_reports_each_problem_with_its_fix() {
 #[tokio::test]
 async fn configuration_errors_are_one_clear_line_with_exit_code_2() {
     let s = Scenario::new("cli");
-    // Not a PostgreSQL URL.
-    let (code, _, err) = run(&mut with_url(&s, "run", "mysql://x@127.0.0.1/db", &[]));
+    // Not a supported source URL.
+    let (code, _, err) = run(&mut with_url(&s, "run", "oracle://x@127.0.0.1/db", &[]));
     assert_eq!(code, 2, "{err}");
     let last = err.lines().last().unwrap_or_default();
     assert!(
@@ -120,6 +120,19 @@ async fn configuration_errors_are_one_clear_line_with_exit_code_2() {
     let (code, _, err) = run(&mut with_url(&s, "run", &url, &[]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("password"), "{err}");
+    assert!(
+        !err.contains("s3cret-wrong"),
+        "the password leaked into the output: {err}"
+    );
+    // The same for MySQL/MariaDB.
+    let url =
+        tidemark_e2e::mysql::my_url().replacen("tidemark:tidemark@", "tidemark:s3cret-wrong@", 1);
+    let (code, _, err) = run(&mut with_url(&s, "run", &url, &[]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("Access denied") && err.contains("password"),
+        "{err}"
+    );
     assert!(
         !err.contains("s3cret-wrong"),
         "the password leaked into the output: {err}"

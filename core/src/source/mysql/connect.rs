@@ -89,8 +89,10 @@ pub async fn sql_connect(src: &MySource) -> Result<Conn> {
 
 /// MySQL server error codes that change what a pipeline should do.
 pub mod codes {
-    /// Access denied.
+    /// Access denied (wrong password, unknown user, host not allowed).
     pub const ACCESS_DENIED: u16 = 1045;
+    /// Access denied without a password where one is needed (or a unix_socket-only user).
+    pub const ACCESS_DENIED_NO_PASSWORD: u16 = 1698;
     pub const DB_ACCESS_DENIED: u16 = 1044;
     pub const NO_SUCH_TABLE: u16 = 1146;
     pub const BAD_DB: u16 = 1049;
@@ -107,7 +109,9 @@ impl From<mysql_async::Error> for Error {
         match &e {
             E::Server(s) => {
                 let (kind, hint) = match s.code {
-                    codes::ACCESS_DENIED | codes::DB_ACCESS_DENIED => (
+                    codes::ACCESS_DENIED
+                    | codes::ACCESS_DENIED_NO_PASSWORD
+                    | codes::DB_ACCESS_DENIED => (
                         ErrorKind::Config,
                         "check the user, password and host in source.url",
                     ),
