@@ -198,6 +198,45 @@ pub struct RowMeta<'a> {
     pub xid: Option<i64>,
 }
 
+/// `-123.45` at `scale` 2 -> -12345. `None` when it does not fit or is not a number.
+pub fn parse_decimal(s: &str, scale: i8) -> Option<i128> {
+    let s = s.trim();
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s),
+    };
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let scale = usize::try_from(scale).ok()?;
+    if frac.len() > scale || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut v: i128 = 0;
+    for b in int.bytes().chain(frac.bytes()) {
+        v = v.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
+    }
+    for _ in frac.len()..scale {
+        v = v.checked_mul(10)?;
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// The decimal text of the unscaled value `v` at `scale`: 12345 at 2 -> `123.45`.
+pub fn format_decimal(v: i128, scale: i8) -> String {
+    if scale <= 0 {
+        let zeros = "0".repeat(usize::from(scale.unsigned_abs()));
+        return if v == 0 {
+            "0".into()
+        } else {
+            format!("{v}{zeros}")
+        };
+    }
+    let scale = usize::from(scale.unsigned_abs());
+    let digits = v.unsigned_abs().to_string();
+    let digits = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = digits.split_at(digits.len() - scale);
+    format!("{}{int}.{frac}", if v < 0 { "-" } else { "" })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +266,19 @@ mod tests {
         .with_output_names();
         let names: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["id", "dt_", "dt__", "_op_", "Id_", "DT___"]);
+    }
+
+    #[test]
+    fn decimals_format_and_parse_back() {
+        for (v, scale, text) in [
+            (12345i128, 2i8, "123.45"),
+            (-5, 3, "-0.005"),
+            (7, 0, "7"),
+            (0, 2, "0.00"),
+        ] {
+            assert_eq!(format_decimal(v, scale), text);
+            assert_eq!(parse_decimal(text, scale), Some(v));
+        }
+        assert_eq!(parse_decimal("1.234", 2), None);
     }
 }

@@ -57,6 +57,10 @@ pub struct SourceConfig {
     /// server with the same GTID history) or by `file` (file:pos of the source server).
     #[serde(default)]
     pub resume: Option<String>,
+    /// Kinesis (`kinesis://<stream>`): the records' format, `auto` (detected per record),
+    /// `tidemark`, `debezium`, `dms` or `dynamodb`.
+    #[serde(default)]
+    pub format: Option<String>,
     /// The resolved password (from the secret), if any. Never serialized or printed.
     #[serde(skip)]
     pub password: Option<Secret>,
@@ -220,6 +224,11 @@ impl Config {
         self.source.url.starts_with("mysql://") || self.source.url.starts_with("mariadb://")
     }
 
+    /// The stream name of a `kinesis://<stream>` source.
+    pub fn kinesis_stream(&self) -> Option<&str> {
+        self.source.url.strip_prefix("kinesis://")
+    }
+
     /// The binlog client's server_id: configured, else a stable hash of the pipeline name.
     pub fn server_id(&self) -> u32 {
         self.source.server_id.unwrap_or_else(|| {
@@ -259,11 +268,15 @@ impl Config {
         }
         if !(self.source.url.starts_with("postgres://")
             || self.source.url.starts_with("postgresql://")
-            || self.is_mysql())
+            || self.is_mysql()
+            || self.kinesis_stream().is_some_and(|s| !s.is_empty()))
         {
             return Err(Error::config(
-                "source.url must be a postgres:// or mysql:// URL, e.g. postgres://user@127.0.0.1:5432/dbname or mysql://user@127.0.0.1:3306/app",
+                "source.url must be a postgres://, mysql:// or kinesis:// URL, e.g. postgres://user@127.0.0.1:5432/dbname, mysql://user@127.0.0.1:3306/app or kinesis://orders-changes",
             ));
+        }
+        if let Some(f) = &self.source.format {
+            f.parse::<crate::source::kinesis::RecordFormat>()?;
         }
         if let Some(r) = self.source.resume.as_deref()
             && r != "gtid"
@@ -279,10 +292,11 @@ impl Config {
             ));
         }
         let slot = self.slot();
-        if !self.is_mysql() && slot.len() > 63
-            || !slot
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        if self.kinesis_stream().is_none() && !self.is_mysql() && slot.len() > 63
+            || self.kinesis_stream().is_none()
+                && !slot
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
             return Err(Error::config(format!(
                 "replication slot name {slot:?} is not valid: PostgreSQL allows lower-case letters, digits and '_' (at most 63); set source.slot"

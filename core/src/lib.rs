@@ -15,8 +15,11 @@ pub mod output;
 pub mod parquet;
 pub mod pipeline;
 pub mod position;
+pub mod sink;
 pub mod source;
 pub mod store;
+#[cfg(feature = "lambda")]
+pub mod telemetry;
 
 pub use error::{Error, ErrorKind, Result};
 

@@ -221,6 +221,116 @@ impl fmt::Display for MyPosition {
     }
 }
 
+/// A Kinesis sequence number: a decimal string of up to 128 digits, unique and increasing
+/// within a shard. Ordered numerically (shorter is smaller, then digit by digit), never as text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SeqNo(String);
+
+/// Width `_pos` pads sequence numbers to, so that they sort as text (AWS issues 56 digits).
+pub const SEQ_POS_WIDTH: usize = 56;
+
+impl SeqNo {
+    /// Below every sequence number a shard issues.
+    pub fn zero() -> SeqNo {
+        SeqNo("0".into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Zero-padded to [`SEQ_POS_WIDTH`] digits: sorts as text in sequence order (`_pos`).
+    pub fn sortable(&self) -> String {
+        format!("{:0>width$}", self.0, width = SEQ_POS_WIDTH)
+    }
+}
+
+impl FromStr for SeqNo {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let digits = s.trim_start_matches('0');
+        if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::data(format!(
+                "invalid Kinesis sequence number {s:?}: expected up to 128 decimal digits"
+            )));
+        }
+        Ok(SeqNo(
+            if digits.is_empty() { "0" } else { digits }.to_string(),
+        ))
+    }
+}
+
+impl PartialOrd for SeqNo {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SeqNo {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0
+            .len()
+            .cmp(&other.0.len())
+            .then_with(|| self.0.cmp(&other.0))
+    }
+}
+
+impl fmt::Display for SeqNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for SeqNo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SeqNo {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How far one Kinesis shard is durable: every record with a sequence number at or below
+/// `sequence` is in the output (or its dead-letter location). `finished`: the shard is closed
+/// and was read to its end, so its children may start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShardPosition {
+    pub shard: String,
+    pub sequence: SeqNo,
+    /// Arrival time (UNIX ms) of the record at `sequence`: the basis of per-shard lag.
+    #[serde(default)]
+    pub arrival_ms: Option<i64>,
+    #[serde(default)]
+    pub finished: bool,
+}
+
+impl PartialOrd for ShardPosition {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        if self.shard != other.shard {
+            return None;
+        }
+        Some(
+            self.sequence
+                .cmp(&other.sequence)
+                .then(self.finished.cmp(&other.finished)),
+        )
+    }
+}
+
+impl fmt::Display for ShardPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} @ {}", self.shard, self.sequence)?;
+        if self.finished {
+            f.write_str(" (finished)")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +389,22 @@ mod tests {
         };
         assert!(part.covers(&b, 2) && !part.covers(&b, 3));
         assert!(start < part);
+    }
+
+    #[test]
+    fn sequence_numbers_order_numerically() {
+        let a: SeqNo = "9".parse().unwrap();
+        let b: SeqNo = "10".parse().unwrap();
+        let c: SeqNo = "49590338271490256608559692538361571095921575989136588898"
+            .parse()
+            .unwrap();
+        assert!(a < b && b < c);
+        assert_eq!("007".parse::<SeqNo>().unwrap(), "7".parse().unwrap());
+        assert!("12a".parse::<SeqNo>().is_err());
+        assert!("".parse::<SeqNo>().is_err());
+        assert!(a.sortable() < b.sortable());
+        assert_eq!(c.sortable(), c.as_str());
+        let json = serde_json::to_string(&b).unwrap();
+        assert_eq!(json, "\"10\"");
     }
 }

@@ -5,23 +5,8 @@
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use tidemark_e2e::harness::{self, Scenario, assert_exactly_once_against};
+use tidemark_e2e::harness::{self, Scenario, assert_exactly_once_against, sigterm, stderr_of};
 use tidemark_e2e::mysql::{self as my, exec, versioned_table, versions, workload};
-
-fn sigterm(child: &std::process::Child) {
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-}
-
-fn stderr_of(child: std::process::Child) -> (std::process::ExitStatus, String) {
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A unique server_id per scenario: parallel tests must not share one (ERROR 4052).
 fn server_id() -> String {

@@ -3,23 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use tidemark_e2e::harness::{self, Scenario, assert_exactly_once, versioned_table, workload};
-
-fn sigterm(child: &std::process::Child) {
-    let pid = child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-}
-
-fn stderr_of(child: std::process::Child) -> (std::process::ExitStatus, String) {
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use tidemark_e2e::harness::{
+    self, Scenario, assert_exactly_once, sigterm, stderr_of, versioned_table, workload,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_hand_off_with_concurrent_writes_then_graceful_restart() {

@@ -45,6 +45,34 @@ pub fn bin() -> PathBuf {
     p
 }
 
+/// Asks a child process to stop (SIGTERM: flush, commit, exit 0).
+pub fn sigterm(child: &Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+}
+
+/// Waits for a child and returns its exit status and stderr.
+pub fn stderr_of(child: Child) -> (std::process::ExitStatus, String) {
+    let out = child.wait_with_output().expect("wait for the child");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A Lambda function binary of the workspace (built by `infra/local/test`).
+pub fn function_bin(name: &str) -> PathBuf {
+    let p = bin().with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build -p tidemark-{name}` (infra/local/test does)",
+        p.display()
+    );
+    p
+}
+
 /// A SQL session as the test user (owner of the tables it creates).
 pub async fn sql() -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)

@@ -4,7 +4,9 @@
 //! ```text
 //! <prefix>/<source>/<schema>.<table>/snapshot/snapshot_id=<id>/part-NNNNN.parquet
 //! <prefix>/<source>/<schema>.<table>/changes/dt=YYYY-MM-DD/<first>_<last>.parquet
+//! <prefix>/<source>/<schema>.<table>/changes/dt=YYYY-MM-DD/<shard>.<first seq>_<last seq>.parquet   (Kinesis)
 //! <prefix>/<source>/_schema_history/<pos>.<n>.json
+//! <prefix>/<source>/_dead_letter/shard=<shard>/<seq>.json
 //! ```
 //! `<first>`/`<last>` are `<pos>.<ord>` of the first and last row in the object, zero-padded so
 //! keys sort in source order.
@@ -74,6 +76,37 @@ impl Layout {
             first.1,
             last.0,
             last.1
+        )
+    }
+}
+
+impl Layout {
+    /// A change object written from one Kinesis shard: named by the shard and the sequence
+    /// numbers of its first and last record, so objects of different shards never collide.
+    pub fn shard_change_key(
+        &self,
+        table: &TableId,
+        dt: &str,
+        shard: &str,
+        first: &crate::position::SeqNo,
+        last: &crate::position::SeqNo,
+    ) -> String {
+        format!(
+            "{}changes/dt={dt}/{}.{}_{}.parquet",
+            self.table_prefix(table),
+            escape(shard),
+            first.sortable(),
+            last.sortable()
+        )
+    }
+
+    /// Where a record that could not be written goes, with the reason and its bytes.
+    pub fn dead_letter_key(&self, shard: &str, seq: &crate::position::SeqNo) -> String {
+        format!(
+            "{}/_dead_letter/shard={}/{}.json",
+            self.root,
+            escape(shard),
+            seq.sortable()
         )
     }
 }

@@ -417,6 +417,15 @@ pub async fn open(url: &str) -> Result<Arc<dyn ObjectOutput>> {
     Ok(Arc::new(S3Output::open(url, S3Options::from_env()?).await?))
 }
 
+/// What [`S3Output::download`] read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectVersion {
+    pub version_id: String,
+    pub last_modified_ms: i64,
+    /// User metadata (`x-amz-meta-*`), keys lower-case without the prefix.
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
 impl S3Output {
     /// Builds the client from the standard AWS configuration and checks that the bucket exists
     /// and is reachable (`HeadBucket`, needs `s3:ListBucket`): a `Config` error naming the bucket
@@ -464,6 +473,67 @@ impl S3Output {
             .await
             .map_err(|e| out.sdk_error(Op::HeadBucket, "", e))?;
         Ok(out)
+    }
+
+    /// Streams one version (the latest when `version` is `None`) of the bucket's object `key`
+    /// (a raw key, not under the output prefix) into the file `to`: memory stays bounded.
+    /// `None` when there is no such key.
+    pub async fn download(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        to: &std::path::Path,
+    ) -> Result<Option<ObjectVersion>> {
+        use tokio::io::AsyncWriteExt;
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e)
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key())
+                    || e.code() == Some("NoSuchKey") =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(self.sdk_error(Op::GetObject, key, e)),
+        };
+        let info = ObjectVersion {
+            version_id: out.version_id().or(version).unwrap_or("null").to_string(),
+            last_modified_ms: out
+                .last_modified()
+                .and_then(|t| t.to_millis().ok())
+                .unwrap_or(0),
+            metadata: out
+                .metadata()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let mut file = tokio::fs::File::create(to).await?;
+        let mut body = out.body;
+        while let Some(chunk) = body.try_next().await.map_err(|e| {
+            Error::with_source(
+                ErrorKind::Transient,
+                format!(
+                    "S3 GetObject s3://{}/{key}: reading the body failed",
+                    self.bucket
+                ),
+                e,
+            )
+        })? {
+            file.write_all(&chunk).await?;
+        }
+        file.sync_all().await?;
+        Ok(Some(info))
     }
 
     /// The SDK client (for tests and tools that inspect objects beyond this trait).

@@ -19,9 +19,21 @@ struct Open {
     last: (String, u64),
 }
 
+/// A row change to publish: its partition key, envelope and identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub partition_key: String,
+    pub data: Vec<u8>,
+    pub pos: String,
+    pub ord: u64,
+}
+
 /// Buffered rows of one batch.
 #[derive(Default)]
 pub struct Batch {
+    /// Publishing (`Some(pipeline)`): rows become envelopes, not Parquet.
+    publishing: Option<String>,
+    envelopes: Vec<Envelope>,
     open: BTreeMap<(TableId, String), Open>,
     rows: usize,
     bytes: usize,
@@ -33,6 +45,19 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A batch of tidemark envelopes published by `pipeline` ([`Batch::take_envelopes`]).
+    pub fn publishing(pipeline: &str) -> Batch {
+        Batch {
+            publishing: Some(pipeline.to_string()),
+            ..Batch::default()
+        }
+    }
+
+    /// The envelopes pushed since the last call, in push order.
+    pub fn take_envelopes(&mut self) -> Vec<Envelope> {
+        std::mem::take(&mut self.envelopes)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rows == 0
     }
@@ -54,17 +79,39 @@ impl Batch {
     /// Whether rows of `schema`'s table are buffered under a different schema version (the
     /// caller flushes first, so one object never mixes schema versions).
     pub fn schema_differs(&self, schema: &SchemaRef) -> bool {
-        self.open
-            .iter()
-            .filter(|((t, _), _)| *t == schema.id)
-            // Per row: the same Arc is the common case, compared by pointer first.
-            .any(|(_, o)| {
-                !std::sync::Arc::ptr_eq(o.builder.schema(), schema)
-                    && **o.builder.schema() != **schema
-            })
+        // Envelopes carry their columns: any mix of schemas may share a batch.
+        self.publishing.is_none()
+            && self
+                .open
+                .iter()
+                .filter(|((t, _), _)| *t == schema.id)
+                // Per row: the same Arc is the common case, compared by pointer first.
+                .any(|(_, o)| {
+                    !std::sync::Arc::ptr_eq(o.builder.schema(), schema)
+                        && **o.builder.schema() != **schema
+                })
     }
 
     pub fn push(&mut self, schema: &SchemaRef, meta: &RowMeta<'_>, values: &[Value]) -> Result<()> {
+        if let Some(pipeline) = &self.publishing {
+            let data = crate::source::kinesis::format::envelope::encode(
+                schema,
+                meta,
+                values,
+                Some(pipeline),
+            );
+            self.bytes += data.len();
+            self.envelopes.push(Envelope {
+                partition_key: partition_key(schema, meta, values),
+                data,
+                pos: meta.pos.to_string(),
+                ord: meta.ord,
+            });
+            self.rows += 1;
+            self.started.get_or_insert_with(Instant::now);
+            self.last_commit_ts = Some(meta.commit_ts);
+            return Ok(());
+        }
         let day = meta.commit_ts.div_euclid(86_400_000_000);
         let cached = matches!(&self.last_key, Some((s, d, _)) if std::sync::Arc::ptr_eq(s, schema) && *d == day);
         if !cached {
@@ -122,4 +169,46 @@ impl Batch {
         self.last_commit_ts = None;
         Ok(objects)
     }
+}
+
+/// `<schema>.<table>/<key values joined by |>`: one key's changes go to one shard, in order.
+/// A table without a key spreads by row position. Over Kinesis' 256 characters the key part is
+/// replaced by its FNV-1a hash.
+pub fn partition_key(
+    schema: &crate::change::TableSchema,
+    meta: &RowMeta<'_>,
+    values: &[Value],
+) -> String {
+    let mut key = String::new();
+    for (c, v) in schema.columns.iter().zip(values) {
+        if !c.key {
+            continue;
+        }
+        if !key.is_empty() {
+            key.push('|');
+        }
+        match v {
+            Value::I16(i) => key.push_str(&i.to_string()),
+            Value::I32(i) => key.push_str(&i.to_string()),
+            Value::I64(i) => key.push_str(&i.to_string()),
+            Value::Decimal(d) => key.push_str(&d.to_string()),
+            Value::Text(t) => key.push_str(t),
+            other => key.push_str(&format!("{other:?}")),
+        }
+    }
+    if key.is_empty() {
+        key = format!("{}.{}", meta.pos, meta.ord);
+    }
+    let table = format!("{}.{}", schema.id.schema, schema.id.name);
+    if table.len() + 1 + key.len() > 256 {
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        key = format!("{h:016x}");
+    }
+    let mut out = format!("{table}/{key}");
+    while out.len() > 256 {
+        out.pop();
+    }
+    out
 }

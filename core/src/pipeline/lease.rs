@@ -118,6 +118,25 @@ pub async fn acquire(
     }
 }
 
+/// Takes the lease of `name` if it is free, expired or already ours; `Ok(None)` while another
+/// worker holds it.
+pub async fn try_acquire(
+    store: &dyn PositionStore,
+    name: &str,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Option<LeaseHolder>> {
+    let ttl_ms = ttl.as_millis() as i64;
+    match store.acquire_lease(name, owner, ttl_ms).await {
+        Ok(lease) => Ok(Some(LeaseHolder {
+            current: Arc::new(Mutex::new(lease)),
+            margin_ms: ttl_ms / 3,
+        })),
+        Err(e) if e.kind() == ErrorKind::Conflict => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Renews the lease every third of its TTL until aborted. A renewal refused because another
 /// worker took over stops renewing; the lease then lapses and the fenced writers stop.
 pub fn spawn_renewal(

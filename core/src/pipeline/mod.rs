@@ -78,6 +78,7 @@ pub async fn commit_batch(
             from: cur.position.clone(),
             to: to.clone(),
             keys: objects.iter().map(|(k, _)| k.clone()).collect(),
+            started_ms: None,
         });
         store.save(cur.expected(), &with_intent, None).await?;
         cur = with_intent;
@@ -86,8 +87,15 @@ pub async fn commit_batch(
         }
     }
     let mut committed = cur.next();
+    // A publish intent (no objects) from before a restart survives until the position
+    // passes its end: until then a crash may again find its records on the stream.
+    committed.intent = cur.intent.take().filter(|i| {
+        i.keys.is_empty()
+            && to
+                .partial_cmp_same_source(&i.to)
+                .is_some_and(|o| o == std::cmp::Ordering::Less)
+    });
     committed.position = Some(to);
-    committed.intent = None;
     if last_commit_ts.is_some() {
         committed.last_commit_ts = last_commit_ts;
     }
@@ -153,6 +161,10 @@ pub struct Pipeline {
     /// Batches committed by this pipeline so far (all runs): tells a retry loop whether the
     /// last run made progress.
     pub commits: u64,
+    /// Publish changes to Kinesis instead of writing them as Parquet (snapshots still go to
+    /// the output). PostgreSQL sources.
+    #[cfg(feature = "aws")]
+    pub publisher: Option<Arc<crate::sink::kinesis::Publisher>>,
 }
 
 impl Pipeline {
@@ -190,11 +202,7 @@ impl Pipeline {
             holder: holder.clone(),
         });
         self.output = Arc::new(lease::FencedOutput::new(output.clone(), holder.clone()));
-        let result = if self.config.is_mysql() {
-            self.run_mysql(shutdown).await
-        } else {
-            self.run_postgres(shutdown).await
-        };
+        let result = self.run_source(shutdown).await;
         self.store = store;
         self.output = output;
         renewal.abort();
@@ -205,7 +213,115 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// Runs the configured database source (each needs its cargo feature).
+    async fn run_source(&mut self, shutdown: watch::Receiver<bool>) -> Result<()> {
+        if self.config.is_mysql() {
+            #[cfg(feature = "mysql")]
+            return self.run_mysql(shutdown).await;
+        } else {
+            #[cfg(feature = "postgres")]
+            return self.run_postgres(shutdown).await;
+        }
+        #[allow(unreachable_code)]
+        {
+            let _ = shutdown;
+            Err(crate::Error::config(format!(
+                "this build of tidemark has no support for the source {}: build with the postgres and mysql features",
+                self.config.source.url
+            )))
+        }
+    }
+}
+
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+impl Pipeline {
+    /// [`load_and_recover`], first finding the records of an unfinished publish on the stream
+    /// (they are not published again).
+    pub(crate) async fn load_checkpoint(&self) -> Result<Checkpoint> {
+        #[cfg(feature = "aws")]
+        if let Some(publisher) = &self.publisher
+            && let Some(cp) = self.store.load(&self.config.pipeline).await?
+            && let Some(intent) = cp.intent.as_ref().filter(|i| i.keys.is_empty())
+        {
+            // Kept (not cleared) until a commit passes its end: see `commit_batch`.
+            let since = intent.started_ms.unwrap_or_else(|| {
+                chrono::DateTime::parse_from_rfc3339(&cp.updated_at)
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or(0)
+            });
+            publisher.recover(since).await?;
+            return Ok(cp);
+        }
+        load_and_recover(
+            self.store.as_ref(),
+            self.output.as_ref(),
+            &self.config.pipeline,
+        )
+        .await
+    }
+
+    /// A batch to fill: envelopes when publishing, else Parquet builders.
+    pub(crate) fn new_batch(&self) -> Batch {
+        #[cfg(feature = "aws")]
+        if self.publisher.is_some() {
+            return Batch::publishing(&self.config.pipeline);
+        }
+        Batch::default()
+    }
+
+    /// Publishes `batch`'s envelopes (when publishing) under a write intent for `(cp, to]`;
+    /// returns the checkpoint holding the intent, which the commit clears.
+    pub(crate) async fn publish(
+        &self,
+        cp: &Checkpoint,
+        batch: &mut Batch,
+        to: &SourcePosition,
+    ) -> Result<Checkpoint> {
+        let envelopes = batch.take_envelopes();
+        #[cfg(feature = "aws")]
+        if let Some(publisher) = &self.publisher
+            && !envelopes.is_empty()
+        {
+            // An older publish intent still open (from before a restart) keeps its start and
+            // its end, whichever is further.
+            let old = cp.intent.as_ref().filter(|i| i.keys.is_empty());
+            let end = match old {
+                Some(o)
+                    if o.to.partial_cmp_same_source(to) == Some(std::cmp::Ordering::Greater) =>
+                {
+                    o.to.clone()
+                }
+                _ => to.clone(),
+            };
+            let mut with_intent = cp.next();
+            with_intent.intent = Some(WriteIntent {
+                from: cp.position.clone(),
+                to: end,
+                keys: Vec::new(),
+                started_ms: Some(
+                    old.and_then(|o| o.started_ms)
+                        .unwrap_or_else(crate::store::now_ms),
+                ),
+            });
+            self.store.save(cp.expected(), &with_intent, None).await?;
+            let stats = publisher.publish(envelopes).await?;
+            tracing::debug!(
+                records = stats.records,
+                requests = stats.requests,
+                retried = stats.retried,
+                already_there = stats.already_there,
+                "published"
+            );
+            return Ok(with_intent);
+        }
+        let _ = (envelopes, to);
+        Ok(cp.clone())
+    }
+}
+
 /// One committed batch, as reported to metrics, logs and the status file.
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 pub(crate) struct Committed<'a> {
     pub rows: u64,
     pub objects: usize,
@@ -218,6 +334,7 @@ pub(crate) struct Committed<'a> {
     pub position: &'a dyn std::fmt::Display,
 }
 
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 impl Pipeline {
     /// Counts a committed batch and reports it (EMF metrics, log line, status file).
     pub(crate) fn report_commit(&mut self, c: &Committed<'_>) {
@@ -280,7 +397,11 @@ impl Pipeline {
 }
 
 /// Deletes a table's snapshot parts numbered `from` and above.
-async fn delete_snapshot_parts(
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "aws")),
+    allow(dead_code)
+)]
+pub(crate) async fn delete_snapshot_parts(
     output: &dyn ObjectOutput,
     layout: &crate::output::Layout,
     table: &crate::change::TableId,
@@ -304,6 +425,7 @@ async fn delete_snapshot_parts(
 }
 
 /// Whether `Instant` `since` is older than `d`.
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 fn elapsed(since: Option<Instant>, d: Duration) -> bool {
     since.is_some_and(|s| s.elapsed() >= d)
 }
@@ -345,6 +467,7 @@ mod tests {
             from: cp.position.clone(),
             to: pos(20),
             keys: vec!["a/2.parquet".into()],
+            started_ms: None,
         });
         store.save(cp.expected(), &with_intent, None).await.unwrap();
         out.put("a/2.parquet", b"2".to_vec()).await.unwrap();

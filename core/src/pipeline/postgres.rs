@@ -9,7 +9,7 @@ use crate::change::TableId;
 use crate::change::{Op, RowMeta, Value};
 use crate::error::{Error, Result};
 use crate::output::Layout;
-use crate::pipeline::{Batch, Pipeline, PipelineState, commit_batch, elapsed, load_and_recover};
+use crate::pipeline::{Batch, Pipeline, PipelineState, commit_batch, elapsed};
 use crate::position::{Lsn, PgPosition};
 use crate::source::postgres::replication::ReplicationClient;
 use crate::source::postgres::snapshot::{self, CopyRange, KeyPlan, SnapshotMeta};
@@ -40,12 +40,7 @@ impl Pipeline {
     pub(super) async fn run_postgres(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         self.set_state(PipelineState::Connecting);
         let layout = Layout::new(&self.config.output.prefix, &self.config.pipeline);
-        let mut cp = load_and_recover(
-            self.store.as_ref(),
-            self.output.as_ref(),
-            &self.config.pipeline,
-        )
-        .await?;
+        let mut cp = self.load_checkpoint().await?;
 
         let pg = connect::source_settings(&self.config.source)?;
         let sql = connect::sql_connect(&pg, "tidemark").await?;
@@ -100,7 +95,7 @@ impl Pipeline {
             durable,
             last_complete: durable,
             tx: None,
-            batch: Batch::default(),
+            batch: self.new_batch(),
             cp,
             layout,
             acked,
@@ -560,6 +555,9 @@ impl StreamRun {
         let rows = self.batch.rows() as u64;
         let last_ts = self.batch.last_commit_ts();
         let started = std::time::Instant::now();
+        self.cp = p
+            .publish(&self.cp, &mut self.batch, &SourcePosition::Postgres(to))
+            .await?;
         let objects = self.batch.encode(&self.layout)?;
         let n_objects = objects.len();
         let bytes: usize = objects.iter().map(|(_, b)| b.len()).sum();

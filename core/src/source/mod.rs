@@ -1,5 +1,7 @@
 //! Change sources.
 
+pub mod baseline;
+pub mod kinesis;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]

@@ -450,20 +450,9 @@ fn parse_url(url: &str) -> Result<String> {
     Ok(table.to_string())
 }
 
-/// The same pipeline names as the local store; in particular no `#`, the key separator.
+/// The same checkpoint names as the local store ([`crate::store::check_name`]).
 fn validate_pipeline(pipeline: &str) -> Result<()> {
-    let ok = !pipeline.is_empty()
-        && !pipeline.starts_with('.')
-        && pipeline
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::config(format!(
-            "invalid pipeline name {pipeline:?}: use letters, digits, '.', '_' and '-'"
-        )))
-    }
+    crate::store::check_name(pipeline)
 }
 
 /// The partition key of a pipeline's item.
@@ -1024,7 +1013,17 @@ mod tests {
             );
         }
         assert!(validate_pipeline("orders-1.v2_x").is_ok());
-        for bad in ["", ".hidden", "a#shard#1", "a/b"] {
+        assert!(validate_pipeline("orders#shard#shardId-000000000001").is_ok());
+        assert!(validate_pipeline("orders#baseline").is_ok());
+        for bad in [
+            "",
+            ".hidden",
+            "a#b",
+            "a#shard#",
+            "a#shard#1#2",
+            "#shard#1",
+            "a/b",
+        ] {
             assert!(validate_pipeline(bad).is_err(), "{bad}");
         }
         assert_eq!(key("orders"), s("pipeline#orders"));

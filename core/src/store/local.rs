@@ -90,16 +90,7 @@ impl LocalFileStore {
     }
 
     fn file(&self, pipeline: &str) -> Result<PathBuf> {
-        if pipeline.is_empty()
-            || !pipeline
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-            || pipeline.starts_with('.')
-        {
-            return Err(Error::config(format!(
-                "invalid pipeline name {pipeline:?}: use letters, digits, '.', '_' and '-'"
-            )));
-        }
+        crate::store::check_name(pipeline)?;
         Ok(self.dir.join(format!("{pipeline}.json")))
     }
 }

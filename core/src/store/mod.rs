@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::BoxFuture;
 use crate::change::TableId;
 use crate::error::{Error, Result};
-use crate::position::{Lsn, MyPosition, PgPosition};
+use crate::position::{Lsn, MyPosition, PgPosition, ShardPosition};
 
 pub use local::LocalFileStore;
 
@@ -29,6 +29,47 @@ pub use local::LocalFileStore;
 pub enum SourcePosition {
     Postgres(PgPosition),
     Mysql(MyPosition),
+    /// One Kinesis shard (its checkpoint is named by [`shard_checkpoint`]).
+    Kinesis(ShardPosition),
+    /// The S3 baseline of a Kinesis pipeline (checkpoint [`baseline_checkpoint`]).
+    Baseline(Box<crate::source::baseline::BaselinePosition>),
+}
+
+/// The checkpoint name of one Kinesis shard of `pipeline`: `<pipeline>#shard#<shard id>`.
+/// Pipeline names never contain `#`, so shard checkpoints never collide with pipelines.
+pub fn shard_checkpoint(pipeline: &str, shard: &str) -> String {
+    format!("{pipeline}#shard#{shard}")
+}
+
+/// The checkpoint name of the S3 baseline of `pipeline`: `<pipeline>#baseline`.
+pub fn baseline_checkpoint(pipeline: &str) -> String {
+    format!("{pipeline}#baseline")
+}
+
+/// Checks a checkpoint name: a pipeline name (letters, digits, `.`, `_`, `-`, not starting with
+/// `.`), optionally followed by `#shard#<shard id>` of the same alphabet, `#baseline`, or
+/// `#seat#<n>` (a Kinesis consumer's presence, see `source::kinesis::consumer`).
+pub fn check_name(name: &str) -> Result<()> {
+    let word = |w: &str| {
+        !w.is_empty()
+            && !w.starts_with('.')
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    };
+    let ok = match name.split('#').collect::<Vec<_>>().as_slice() {
+        [p] => word(p),
+        [p, "shard", id] => word(p) && word(id),
+        [p, "baseline"] => word(p),
+        [p, "seat", n] => word(p) && word(n),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "invalid pipeline name {name:?}: use letters, digits, '.', '_' and '-'"
+        )))
+    }
 }
 
 impl SourcePosition {
@@ -37,6 +78,8 @@ impl SourcePosition {
         match (self, other) {
             (SourcePosition::Postgres(a), SourcePosition::Postgres(b)) => Some(a.cmp(b)),
             (SourcePosition::Mysql(a), SourcePosition::Mysql(b)) => Some(a.cmp(b)),
+            (SourcePosition::Kinesis(a), SourcePosition::Kinesis(b)) => a.partial_cmp(b),
+            (SourcePosition::Baseline(a), SourcePosition::Baseline(b)) => a.partial_cmp(b),
             _ => None,
         }
     }
@@ -47,6 +90,8 @@ impl std::fmt::Display for SourcePosition {
         match self {
             SourcePosition::Postgres(p) => write!(f, "postgres {p}"),
             SourcePosition::Mysql(p) => write!(f, "mysql {p}"),
+            SourcePosition::Kinesis(p) => write!(f, "kinesis {p}"),
+            SourcePosition::Baseline(p) => write!(f, "baseline {p}"),
         }
     }
 }
@@ -59,6 +104,10 @@ pub struct WriteIntent {
     pub from: Option<SourcePosition>,
     pub to: SourcePosition,
     pub keys: Vec<String>,
+    /// A publish (no keys): when its first record may have been sent (UNIX ms). Kept by later
+    /// intents until a commit passes `to`, so recovery knows where to look on the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<i64>,
 }
 
 /// A consistent initial snapshot in progress (or finished, with `done`).
@@ -377,6 +426,7 @@ pub mod conformance {
             from: None,
             to: pos(100).unwrap(),
             keys: vec!["a/b.parquet".into()],
+            started_ms: None,
         });
         store.save(first.expected(), &intent, None).await.unwrap();
         assert_eq!(store.load(&p).await.unwrap().unwrap().intent, intent.intent);

@@ -2,6 +2,8 @@
 //!
 //! The same binary is the local CLI and the ECS task.
 
+mod lambda_local;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +80,74 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Run a Lambda function binary locally, fed by a Kinesis stream as Lambda's event source
+    /// mapping would (batches per shard, batchItemFailures, bisect on error, retries, parents
+    /// before children). With AWS_ENDPOINT_URL pointing at a local emulator, no AWS is needed.
+    #[command(name = "lambda-local")]
+    LambdaLocal(LambdaLocalArgs),
+    /// Apply one version of an S3 object as a Kinesis pipeline's baseline: a Parquet snapshot
+    /// of that version, and the baseline position (forward only: an older version is a no-op).
+    /// The object's metadata (tidemark-shards / tidemark-watermark) or `<key>.manifest.json`
+    /// says which Kinesis records it already holds; those are not written as changes.
+    Baseline {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// The object: s3://bucket/key (JSON lines, CSV with header, Parquet, DynamoDB export;
+        /// gzip or zstd).
+        #[arg(long)]
+        object: String,
+        /// The version to apply (default: the latest).
+        #[arg(long)]
+        version_id: Option<String>,
+        /// The table it fills, schema.table (default: metadata tidemark-table, else
+        /// baseline.<file name>).
+        #[arg(long)]
+        target_table: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct LambdaLocalArgs {
+    /// The function binary (e.g. target/release/kinesis-ingest); it gets this process's
+    /// environment (TIDEMARK_*, AWS_*) plus the Lambda runtime variables.
+    #[arg(long)]
+    function: PathBuf,
+    /// The Kinesis stream name.
+    #[arg(long, required_unless_present = "event")]
+    stream: Option<String>,
+    /// Instead of a stream: invoke the function with this event file (JSON) and print the
+    /// init and invocation times, like `cargo lambda invoke`.
+    #[arg(long, conflicts_with = "stream")]
+    event: Option<PathBuf>,
+    /// With --event: invoke this many times, each as another shard (so every invocation does
+    /// the full work instead of skipping a replay).
+    #[arg(long, default_value_t = 1, requires = "event")]
+    repeat: u32,
+    /// Records per invocation (Lambda: BatchSize).
+    #[arg(long, default_value_t = 100)]
+    batch_size: i32,
+    /// Retries of a failed batch before it goes to --on-failure (MaximumRetryAttempts).
+    #[arg(long, default_value_t = 3)]
+    max_retries: u32,
+    /// Do not split a failing batch in two (BisectBatchOnFunctionError off).
+    #[arg(long)]
+    no_bisect: bool,
+    /// Ignore batchItemFailures in responses (FunctionResponseTypes without ReportBatchItemFailures).
+    #[arg(long)]
+    no_batch_item_failures: bool,
+    /// Directory for the metadata of batches that exhausted their retries.
+    #[arg(long)]
+    on_failure: Option<PathBuf>,
+    /// Seconds an invocation may take before the process is killed (Timeout).
+    #[arg(long, default_value_t = 60)]
+    timeout_secs: u64,
+    /// Exit once every shard is drained instead of polling until Ctrl-C.
+    #[arg(long)]
+    until_drained: bool,
+    /// Chaos testing: kill the function process at a random instant in this fraction of
+    /// invocations (0..1), as a crash or timeout would.
+    #[arg(long, default_value_t = 0.0, hide = true)]
+    chaos_kill_rate: f64,
 }
 
 #[derive(Args, Clone)]
@@ -106,6 +176,9 @@ struct PipelineArgs {
     /// $XDG_STATE_HOME/tidemark, ~/.local/state/tidemark).
     #[arg(long, env = "TIDEMARK_POSITIONS")]
     positions: Option<String>,
+    /// Kinesis sources: the records' format (auto, tidemark, debezium, dms, dynamodb).
+    #[arg(long, env = "TIDEMARK_FORMAT")]
+    format: Option<String>,
     /// Create the DynamoDB positions table when it does not exist.
     #[arg(long)]
     create_table: bool,
@@ -128,6 +201,12 @@ struct RunArgs {
     /// Skip the initial copy: stream only changes made after the slot is created.
     #[arg(long)]
     no_snapshot: bool,
+    /// Publish changes as tidemark envelopes to this Kinesis stream (kinesis://<stream>)
+    /// instead of writing them as Parquet; the snapshot is still written to --output, and
+    /// kinesis-ingest Lambdas (or `tidemark run --source-url kinesis://...`) write the changes.
+    /// PostgreSQL sources.
+    #[arg(long, env = "TIDEMARK_PUBLISH", value_name = "kinesis://STREAM")]
+    publish: Option<String>,
     /// Flush buffered rows at least this often, in milliseconds.
     #[arg(long, env = "TIDEMARK_FLUSH_INTERVAL_MS")]
     flush_interval_ms: Option<u64>,
@@ -175,7 +254,7 @@ impl PipelineArgs {
                 let url = self
                     .source_url
                     .clone()
-                    .context("no source given: pass --source-url postgres://... or mysql://...")?;
+                    .context("no source given: pass --source-url postgres://..., mysql://... or kinesis://stream")?;
                 Config::from_toml(
                     &format!(
                         "pipeline = {}\n[source]\nurl = {}\n",
@@ -203,6 +282,9 @@ impl PipelineArgs {
         }
         if self.create_table {
             cfg.positions.create_table = true;
+        }
+        if let Some(f) = &self.format {
+            cfg.source.format = Some(f.clone());
         }
         if let Some(r) = &self.resume {
             cfg.source.resume = Some(r.clone());
@@ -313,7 +395,80 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             drop_slot,
             yes,
         } => reset(&pipeline.config().await?, drop_slot, yes).await,
+        Command::LambdaLocal(args) => lambda_local(args).await,
+        Command::Baseline {
+            pipeline,
+            object,
+            version_id,
+            target_table,
+        } => {
+            let cfg = pipeline.config().await?;
+            let (bucket, key) = tidemark_core::output::s3::parse_url(&object)?;
+            let output = output::open(&cfg.output_url()).await?;
+            let store =
+                store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
+            use tidemark_core::source::baseline;
+            let layout = output::Layout::new(&cfg.output.prefix, &cfg.pipeline);
+            let target = baseline::Target {
+                pipeline: &cfg.pipeline,
+                layout: &layout,
+                store: store.as_ref(),
+                output: output.as_ref(),
+                part_rows: cfg.batch.snapshot_part_rows,
+            };
+            let object_ref = baseline::ObjectRef {
+                bucket: &bucket,
+                key: &key,
+                version: version_id.as_deref(),
+                table: target_table.as_deref(),
+            };
+            let applied = baseline::apply(&target, &object_ref).await?;
+            match applied {
+                tidemark_core::source::baseline::Applied::Written(p) => println!(
+                    "baseline {} version {}: {} rows into {}",
+                    object, p.version_id, p.rows, p.table
+                ),
+                tidemark_core::source::baseline::Applied::NotNewer { committed } => println!(
+                    "baseline {object}: not newer than the committed version {}; nothing written",
+                    committed.version_id
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+async fn lambda_local(args: LambdaLocalArgs) -> anyhow::Result<ExitCode> {
+    use lambda_local::{esm, runtime_api::LocalFunction};
+    let mut function = LocalFunction::start(
+        args.function.clone(),
+        Duration::from_secs(args.timeout_secs),
+    )
+    .await?;
+    function.chaos_kill_rate = args.chaos_kill_rate;
+    if let Some(event) = &args.event {
+        let report = lambda_local::invoke_file(&mut function, event, args.repeat).await;
+        function.stop().await;
+        println!("{}", serde_json::to_string(&report?)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(stream) = &args.stream else {
+        anyhow::bail!("--stream or --event is required");
+    };
+    let stream = tidemark_core::source::kinesis::client::KinesisStream::open(stream).await?;
+    let mapping = esm::Mapping {
+        batch_size: args.batch_size,
+        bisect_on_error: !args.no_bisect,
+        max_retries: args.max_retries,
+        report_batch_item_failures: !args.no_batch_item_failures,
+        on_failure: args.on_failure.clone(),
+        until_drained: args.until_drained,
+    };
+    let summary = esm::run(&stream, &mut function, &mapping, shutdown_signal()).await;
+    function.stop().await;
+    let summary = summary?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Turns SIGTERM / Ctrl-C into a shutdown request; a second one exits at once.
@@ -351,6 +506,34 @@ fn shutdown_signal() -> watch::Receiver<bool> {
         }
     });
     rx
+}
+
+/// `run` with a `kinesis://` source: the worker as a Kinesis consumer under shard leases.
+async fn run_kinesis(
+    cfg: &Config,
+    stream: &str,
+    output: std::sync::Arc<dyn output::ObjectOutput>,
+    store: std::sync::Arc<dyn store::PositionStore>,
+    stop: watch::Receiver<bool>,
+    until_caught_up: bool,
+) -> anyhow::Result<ExitCode> {
+    use tidemark_core::source::kinesis::{ShardIngest, client::KinesisStream, consumer::Consumer};
+    let consumer = Consumer {
+        ingest: ShardIngest {
+            pipeline: cfg.pipeline.clone(),
+            format: cfg.source.format.as_deref().unwrap_or("auto").parse()?,
+            layout: output::Layout::new(&cfg.output.prefix, &cfg.pipeline),
+            store,
+            output,
+        },
+        stream: KinesisStream::open(stream).await?,
+        owner: tidemark_core::pipeline::lease::owner_id(),
+        lease_ttl: cfg.positions.lease_ttl(),
+        batch_size: 1000,
+        until_caught_up,
+    };
+    consumer.run(stop).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -391,6 +574,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let _ = stop_tx.send(true);
         });
     }
+    if let Some(stream) = cfg.kinesis_stream() {
+        return run_kinesis(&cfg, stream, output, store, stop_rx, args.until_caught_up).await;
+    }
     let stop_at = if args.until_caught_up && !cfg.is_mysql() {
         Some(current_wal_lsn(&cfg).await?)
     } else {
@@ -415,6 +601,22 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             },
         ),
         commits: 0,
+        publisher: match &args.publish {
+            None => None,
+            Some(url) => {
+                if cfg.is_mysql() {
+                    anyhow::bail!(
+                        "--publish is for PostgreSQL sources (MySQL publishing is not built yet)"
+                    );
+                }
+                let stream = url
+                    .strip_prefix("kinesis://")
+                    .context("--publish takes kinesis://<stream>")?;
+                Some(std::sync::Arc::new(
+                    tidemark_core::sink::kinesis::Publisher::open(stream, &cfg.pipeline).await?,
+                ))
+            }
+        },
     };
     // SIGTERM drains and commits within the stop timeout; past it, exit non-zero (nothing is
     // lost: what was not committed is replayed by the next run).
@@ -513,6 +715,34 @@ fn state_dir(cfg: &Config) -> anyhow::Result<PathBuf> {
 
 async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
+    if let Some(stream) = cfg.kinesis_stream() {
+        use tidemark_core::source::kinesis::{client::KinesisStream, status::composite};
+        let stream = KinesisStream::open(stream).await?;
+        let doc = composite(store.as_ref(), &stream, &cfg.pipeline).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        } else {
+            println!("pipeline  {}", doc.pipeline);
+            println!("stream    {}", doc.stream);
+            match &doc.baseline {
+                Some(b) => println!("baseline  {b}"),
+                None => println!("baseline  none"),
+            }
+            for s in &doc.shards {
+                println!(
+                    "shard     {}  seq {}{}  behind {}  lease {}",
+                    s.shard,
+                    s.sequence.as_deref().unwrap_or("-"),
+                    if s.finished { " (finished)" } else { "" },
+                    s.millis_behind_latest
+                        .map(|m| format!("{m} ms"))
+                        .unwrap_or_else(|| "?".into()),
+                    s.lease_owner.as_deref().unwrap_or("-"),
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let cp = store.load(&cfg.pipeline).await?;
     let lease = store
         .lease(&cfg.pipeline)
@@ -614,6 +844,23 @@ fn peak_rss_mib() -> Option<u64> {
 }
 
 async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {
+    if let Some(stream) = cfg.kinesis_stream() {
+        let shards = tidemark_core::source::kinesis::client::KinesisStream::open(stream)
+            .await?
+            .shards()
+            .await?;
+        let open = shards.iter().filter(|s| s.ending.is_none()).count();
+        println!(
+            "ok    stream: {stream} has {} shards ({open} open)",
+            shards.len()
+        );
+        let store = store::open(cfg.positions.url.as_deref(), false).await?;
+        store.load(&cfg.pipeline).await?;
+        println!("ok    positions: {} is reachable", store.url());
+        let output = output::open(&cfg.output_url()).await?;
+        println!("ok    output: {} is reachable", output.url());
+        return Ok(ExitCode::SUCCESS);
+    }
     let findings = if cfg.is_mysql() {
         mysql_check(cfg).await?
     } else {
@@ -692,6 +939,30 @@ async fn reset(cfg: &Config, drop_slot: bool, yes: bool) -> anyhow::Result<ExitC
     }
     let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
     store.delete(&cfg.pipeline).await?;
+    if let Some(stream) = cfg.kinesis_stream() {
+        // Every shard's position, the baseline and the seats.
+        let shards = tidemark_core::source::kinesis::client::KinesisStream::open(stream)
+            .await?
+            .shards()
+            .await?;
+        for s in &shards {
+            store
+                .delete(&store::shard_checkpoint(&cfg.pipeline, &s.id))
+                .await?;
+        }
+        for n in 0..shards.len().max(1) {
+            store.delete(&format!("{}#seat#{n}", cfg.pipeline)).await?;
+        }
+        store
+            .delete(&store::baseline_checkpoint(&cfg.pipeline))
+            .await?;
+        println!(
+            "pipeline {} reset: {} shard positions and the baseline forgotten",
+            cfg.pipeline,
+            shards.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     if drop_slot && !cfg.is_mysql() {
         let pg = connect::source_settings(&cfg.source)?;
         let client = connect::sql_connect(&pg, "tidemark-reset").await?;

@@ -195,6 +195,7 @@ mod tests {
             publication: None,
             snapshot: true,
             password_secret_arn: None,
+            format: None,
             password: None,
             server_id: None,
             resume: None,

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::change::{ColumnType, Value};
+use crate::change::{ColumnType, Value, parse_decimal};
 use crate::error::{Error, Result};
 
 /// Binlog column type codes (`enum_field_types`).
@@ -642,28 +642,6 @@ pub fn parse_text(ty: &ColumnType, data_type: &str, raw: &[u8]) -> Result<Value>
 
 fn be_uint(raw: &[u8]) -> u64 {
     raw.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b))
-}
-
-/// `-123.45` at `scale` 2 -> -12345. `None` when it does not fit or is not a number.
-fn parse_decimal(s: &str, scale: i8) -> Option<i128> {
-    let s = s.trim();
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s),
-    };
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    let scale = usize::try_from(scale).ok()?;
-    if frac.len() > scale || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let mut v: i128 = 0;
-    for b in int.bytes().chain(frac.bytes()) {
-        v = v.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
-    }
-    for _ in frac.len()..scale {
-        v = v.checked_mul(10)?;
-    }
-    Some(if neg { -v } else { v })
 }
 
 #[cfg(test)]

@@ -1,0 +1,202 @@
+//! The worker as a Kinesis publisher: a database pipeline's changes as tidemark envelopes on a
+//! stream, so that Lambda functions per shard write the Parquet.
+//!
+//! Contract:
+//! - partition key = table + primary key ([`crate::pipeline::batch::partition_key`]): one key's
+//!   changes land on one shard, in source order; a PutRecords request never holds two records
+//!   of one key, and failed records are retried (in order, with backoff) before any later
+//!   record is sent, so a retry never reorders a key's changes;
+//! - the source position is committed only after every record up to it was accepted: before
+//!   publishing a batch the pipeline saves a write intent (no objects), and commits after;
+//! - after a crash between publishing and the commit, the records of the unfinished batch are
+//!   found on the stream ([`Publisher::recover`]: every shard read from the intent's time on)
+//!   and not published again when the source replays them, so each change is on the stream
+//!   once;
+//! - a record over Kinesis' 1 MiB limit is refused with an error naming the row (a row that
+//!   large belongs in the Parquet output: capture that table without publishing).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::pipeline::batch::Envelope;
+use crate::source::kinesis::client::{KinesisStream, Put};
+use crate::source::kinesis::format::envelope;
+
+/// Kinesis' limit for one record: data plus partition key.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+/// PutRecords limits: records and bytes per request.
+const MAX_REQUEST_RECORDS: usize = 500;
+const MAX_REQUEST_BYTES: usize = 5 << 20;
+/// Attempts for records Kinesis refuses (throttling) before the batch fails as transient.
+const MAX_ATTEMPTS: u32 = 12;
+/// How far before an intent's time the recovery scan starts (clock skew, arrival delay).
+const RECOVERY_MARGIN_MS: i64 = 5 * 60 * 1000;
+
+/// Publishes one pipeline's envelopes to one stream.
+pub struct Publisher {
+    pub stream: KinesisStream,
+    pipeline: String,
+    /// `(pos, ord)` of records already on the stream from an unfinished batch.
+    published: Mutex<HashSet<(String, u64)>>,
+}
+
+/// What [`Publisher::publish`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub records: usize,
+    /// Records found on the stream by [`Publisher::recover`] and not sent again.
+    pub already_there: usize,
+    pub requests: usize,
+    pub retried: usize,
+}
+
+impl Publisher {
+    pub async fn open(stream: &str, pipeline: &str) -> Result<Publisher> {
+        let stream = KinesisStream::open(stream).await?;
+        // Fails early with a clear message when the stream is missing or not allowed.
+        stream.shards().await?;
+        Ok(Publisher {
+            stream,
+            pipeline: pipeline.to_string(),
+            published: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Finds this pipeline's records published since `since_ms` (UNIX ms, the unfinished
+    /// batch's intent) on every shard; they are skipped when published again.
+    pub async fn recover(&self, since_ms: i64) -> Result<usize> {
+        let mut found = HashSet::new();
+        for shard in self.stream.shards().await? {
+            let mut it = self
+                .stream
+                .iterator_at(&shard.id, since_ms - RECOVERY_MARGIN_MS)
+                .await?;
+            // A page per call until the shard's tip.
+            let mut complete = false;
+            for _ in 0..100_000 {
+                let got = self.stream.records(&it, 10_000).await?;
+                for r in &got.records {
+                    if let Some((source, pos, ord)) = envelope::identity(&r.data)
+                        && source == self.pipeline
+                    {
+                        found.insert((pos, ord));
+                    }
+                }
+                let at_tip = got.records.is_empty() && got.millis_behind_latest.unwrap_or(0) == 0;
+                match got.next_iterator {
+                    Some(next) if !at_tip => it = next,
+                    _ => {
+                        complete = true;
+                        break;
+                    }
+                }
+                if got.records.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            if !complete {
+                return Err(Error::transient(format!(
+                    "could not read shard {} to its tip while recovering an unfinished publish; retrying",
+                    shard.id
+                )));
+            }
+        }
+        let n = found.len();
+        tracing::warn!(
+            records = n,
+            "recovered an unfinished publish: these records are on the stream already and are not sent again"
+        );
+        if let Ok(mut p) = self.published.lock() {
+            p.extend(found);
+        }
+        Ok(n)
+    }
+
+    /// Publishes `records` in order (see the module contract). Returns when every record
+    /// was accepted.
+    pub async fn publish(&self, records: Vec<Envelope>) -> Result<Published> {
+        let mut stats = Published::default();
+        let mut pending: Vec<Envelope> = Vec::with_capacity(records.len());
+        {
+            let mut seen = self
+                .published
+                .lock()
+                .map_err(|_| Error::fatal("publisher lock poisoned"))?;
+            for r in records {
+                if !seen.is_empty() && seen.remove(&(r.pos.clone(), r.ord)) {
+                    stats.already_there += 1;
+                    continue;
+                }
+                let size = r.data.len() + r.partition_key.len();
+                if size > MAX_RECORD_BYTES {
+                    return Err(Error::data(format!(
+                        "the change at {}.{} ({}) is {size} bytes as a tidemark envelope, over Kinesis' 1 MiB record limit: \
+                         capture that table without --publish (Parquet has no such limit)",
+                        r.pos, r.ord, r.partition_key
+                    )));
+                }
+                pending.push(r);
+            }
+        }
+        stats.records = pending.len();
+        let mut next = 0;
+        while next < pending.len() {
+            // One request: distinct partition keys, within the request limits.
+            let mut keys = HashSet::new();
+            let mut bytes = 0;
+            let mut end = next;
+            while end < pending.len()
+                && end - next < MAX_REQUEST_RECORDS
+                && bytes + pending[end].data.len() + pending[end].partition_key.len()
+                    <= MAX_REQUEST_BYTES
+                && keys.insert(pending[end].partition_key.as_str())
+            {
+                bytes += pending[end].data.len() + pending[end].partition_key.len();
+                end += 1;
+            }
+            let mut todo: Vec<&Envelope> = pending[next..end].iter().collect();
+            let mut attempt = 0;
+            while !todo.is_empty() {
+                attempt += 1;
+                stats.requests += 1;
+                let batch: Vec<(String, Vec<u8>)> = todo
+                    .iter()
+                    .map(|r| (r.partition_key.clone(), r.data.clone()))
+                    .collect();
+                let results = self.stream.put(&batch).await?;
+                if results.len() != todo.len() {
+                    return Err(Error::transient(format!(
+                        "PutRecords answered {} results for {} records",
+                        results.len(),
+                        todo.len()
+                    )));
+                }
+                let mut failed = Vec::new();
+                let mut why = String::new();
+                for (r, res) in todo.iter().zip(results) {
+                    if let Put::Failed { code, message } = res {
+                        why = format!("{code}: {message}");
+                        failed.push(*r);
+                    }
+                }
+                if failed.is_empty() {
+                    break;
+                }
+                stats.retried += failed.len();
+                if attempt >= MAX_ATTEMPTS {
+                    return Err(Error::transient(format!(
+                        "Kinesis refused {} records {MAX_ATTEMPTS} times ({why}): the stream may need more shards",
+                        failed.len()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis((50u64 << attempt.min(7)).min(5_000)))
+                    .await;
+                todo = failed;
+            }
+            next = end;
+        }
+        Ok(stats)
+    }
+}

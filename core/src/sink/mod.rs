@@ -1,0 +1,4 @@
+//! Sinks other than object outputs.
+
+#[cfg(feature = "aws")]
+pub mod kinesis;
