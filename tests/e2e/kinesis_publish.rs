@@ -1,4 +1,4 @@
-//! PostgreSQL → `tidemark run --publish kinesis://...` → Kinesis (moto) → the `kinesis-ingest`
+//! PostgreSQL and MariaDB → `tidemark run --publish kinesis://...` → Kinesis (moto) → the `kinesis-ingest`
 //! Lambda (through `tidemark lambda-local`) → Parquet, checked against the source by DuckDB.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -233,4 +233,97 @@ async fn recovery_finds_what_an_unfinished_publish_sent_and_skips_it() {
         100 + 10,
         "each change of the pipeline is on the stream once"
     );
+}
+
+/// MariaDB → publisher → Kinesis → Lambda path → Parquet: SIGTERM and kill -9 restarts while a
+/// workload runs, and a column added mid-stream (its schema-history object is written beside
+/// the published records, under the same intent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_to_kinesis_to_lambda_equals_the_source_history() {
+    use tidemark_e2e::mysql::{self as my, exec};
+    let k = kinesis().await;
+    let name = stream(&k, "e2e-publish-my", 2).await;
+    let mut c = my::conn().await;
+    let s = Scenario::mysql("mypublish");
+    let table = format!("t_{}", s.name);
+    my::versioned_table(&mut c, &table, 500).await;
+    let qualified = format!("app.{table}");
+    let publish = format!("kinesis://{name}");
+    let sid = fastrand::u32(2_000_000..2_000_000_000).to_string();
+    let args = [
+        "--publish",
+        publish.as_str(),
+        "--server-id",
+        &sid,
+        "--flush-interval-ms",
+        "200",
+        "--max-batch-rows",
+        "300",
+    ];
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(my::workload(table.clone(), 501, stop_rx));
+    for round in 0..5 {
+        let mut child = s.spawn_run(&[&qualified], &args);
+        tokio::time::sleep(Duration::from_millis(1500 + 400 * round)).await;
+        if round == 1 {
+            exec(
+                &mut c,
+                &format!("ALTER TABLE {table} ADD COLUMN note VARCHAR(16) DEFAULT 'added'"),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        if round >= 3 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        } else {
+            sigterm(&child);
+            let (code, stderr) = stderr_of(child);
+            assert!(code.success(), "run {round}: {code}\n{stderr}");
+        }
+    }
+    stop_tx.send(true).unwrap();
+    let ops = load.await.unwrap();
+    assert!(ops > 50, "workload ran: {ops}");
+    let out = s
+        .command("run", &[&qualified], &args)
+        .args(["--until-caught-up"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = s.out().join(&s.name);
+    assert!(
+        !root.join(&qualified).join("changes").exists(),
+        "the worker publishes changes instead of writing them"
+    );
+    let history = std::fs::read_dir(root.join("_schema_history"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(history, 1, "one ALTER recorded in the schema history");
+
+    lambda_path(&s, &name);
+    let source = my::versions(&mut c, &table).await;
+    let checked = harness::assert_exactly_once_against(&s, &qualified, &source);
+    assert!(checked > 500, "rows checked: {checked}");
+    let added = harness::duckdb(&format!(
+        "select count(*) as n from read_parquet('{}/changes/**/*.parquet', union_by_name = true) where note = 'added'",
+        root.join(&qualified).display()
+    ));
+    assert!(
+        added[0]["n"].as_u64().unwrap() > 0,
+        "rows after the ALTER carry the new column"
+    );
+    let records =
+        tidemark_e2e::kinesis::stream_len(&KinesisStream::open(&name).await.unwrap()).await;
+    let rows = harness::duckdb(&format!(
+        "select count(*) as n from read_parquet('{}/changes/**/*.parquet', union_by_name = true)",
+        root.join(&qualified).display()
+    ));
+    assert_eq!(rows[0]["n"].as_u64().unwrap() as usize, records);
+    my::drop_tables(&[&table]).await;
 }

@@ -72,13 +72,19 @@ pub async fn commit_batch(
     last_commit_ts: Option<i64>,
 ) -> Result<Checkpoint> {
     let mut cur = cp.clone();
+    // A publish intent (from `Pipeline::publish`, maybe from before a restart) survives until
+    // the position passes its end: until then a crash may again find its records on the stream.
+    let publish = cur.intent.take().filter(WriteIntent::is_publish);
     if !objects.is_empty() {
         let mut with_intent = cur.next();
         with_intent.intent = Some(WriteIntent {
             from: cur.position.clone(),
-            to: to.clone(),
+            to: publish
+                .as_ref()
+                .map(|p| later(&p.to, &to).clone())
+                .unwrap_or_else(|| to.clone()),
             keys: objects.iter().map(|(k, _)| k.clone()).collect(),
-            started_ms: None,
+            started_ms: publish.as_ref().and_then(|p| p.started_ms),
         });
         store.save(cur.expected(), &with_intent, None).await?;
         cur = with_intent;
@@ -87,20 +93,26 @@ pub async fn commit_batch(
         }
     }
     let mut committed = cur.next();
-    // A publish intent (no objects) from before a restart survives until the position
-    // passes its end: until then a crash may again find its records on the stream.
-    committed.intent = cur.intent.take().filter(|i| {
-        i.keys.is_empty()
-            && to
-                .partial_cmp_same_source(&i.to)
-                .is_some_and(|o| o == std::cmp::Ordering::Less)
-    });
+    committed.intent = publish
+        .filter(|i| i.to.partial_cmp_same_source(&to) == Some(std::cmp::Ordering::Greater))
+        .map(|i| WriteIntent {
+            keys: Vec::new(),
+            ..i
+        });
     committed.position = Some(to);
     if last_commit_ts.is_some() {
         committed.last_commit_ts = last_commit_ts;
     }
     store.save(cur.expected(), &committed, None).await?;
     Ok(committed)
+}
+
+/// The further of two positions of one source (`b` when they cannot be compared).
+fn later<'a>(a: &'a SourcePosition, b: &'a SourcePosition) -> &'a SourcePosition {
+    match a.partial_cmp_same_source(b) {
+        Some(std::cmp::Ordering::Greater) => a,
+        _ => b,
+    }
 }
 
 /// Retry policy for the binary's run loop: exponential backoff with jitter.
@@ -162,7 +174,7 @@ pub struct Pipeline {
     /// last run made progress.
     pub commits: u64,
     /// Publish changes to Kinesis instead of writing them as Parquet (snapshots still go to
-    /// the output). PostgreSQL sources.
+    /// the output).
     #[cfg(feature = "aws")]
     pub publisher: Option<Arc<crate::sink::kinesis::Publisher>>,
 }
@@ -234,7 +246,7 @@ impl Pipeline {
     }
 }
 
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 impl Pipeline {
     /// [`load_and_recover`], first finding the records of an unfinished publish on the stream
     /// (they are not published again).
@@ -242,16 +254,23 @@ impl Pipeline {
         #[cfg(feature = "aws")]
         if let Some(publisher) = &self.publisher
             && let Some(cp) = self.store.load(&self.config.pipeline).await?
-            && let Some(intent) = cp.intent.as_ref().filter(|i| i.keys.is_empty())
+            && let Some(intent) = cp.intent.as_ref().filter(|i| i.is_publish())
         {
-            // Kept (not cleared) until a commit passes its end: see `commit_batch`.
-            let since = intent.started_ms.unwrap_or_else(|| {
-                chrono::DateTime::parse_from_rfc3339(&cp.updated_at)
-                    .map(|t| t.timestamp_millis())
-                    .unwrap_or(0)
-            });
-            publisher.recover(since).await?;
-            return Ok(cp);
+            publisher.recover(intent.started_ms.unwrap_or(0)).await?;
+            if intent.keys.is_empty() {
+                return Ok(cp);
+            }
+            // Objects written beside the records were never committed: deleted (the replay
+            // writes them again); the publish part stays until a commit passes its end.
+            for key in &intent.keys {
+                self.output.delete(key).await?;
+            }
+            let mut next = cp.next();
+            if let Some(i) = next.intent.as_mut() {
+                i.keys.clear();
+            }
+            self.store.save(cp.expected(), &next, None).await?;
+            return Ok(next);
         }
         load_and_recover(
             self.store.as_ref(),
@@ -285,15 +304,8 @@ impl Pipeline {
         {
             // An older publish intent still open (from before a restart) keeps its start and
             // its end, whichever is further.
-            let old = cp.intent.as_ref().filter(|i| i.keys.is_empty());
-            let end = match old {
-                Some(o)
-                    if o.to.partial_cmp_same_source(to) == Some(std::cmp::Ordering::Greater) =>
-                {
-                    o.to.clone()
-                }
-                _ => to.clone(),
-            };
+            let old = cp.intent.as_ref().filter(|i| i.is_publish());
+            let end = old.map_or(to, |o| later(&o.to, to)).clone();
             let mut with_intent = cp.next();
             with_intent.intent = Some(WriteIntent {
                 from: cp.position.clone(),
@@ -479,6 +491,35 @@ mod tests {
             out.list("a/").await.unwrap(),
             vec!["a/1.parquet".to_string()]
         );
+    }
+
+    #[tokio::test]
+    async fn publish_intent_survives_commits_with_objects_until_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = LocalDir::new(dir.path().join("out")).unwrap();
+        let store = LocalFileStore::new(dir.path().join("state")).unwrap();
+        let cp = load_and_recover(&store, &out, "p").await.unwrap();
+        // Records up to 30 were published before a restart; the replay commits up to 20 with
+        // a schema-history object beside it.
+        let mut published = cp.next();
+        published.intent = Some(WriteIntent {
+            from: None,
+            to: pos(30),
+            keys: vec![],
+            started_ms: Some(7),
+        });
+        store.save(cp.expected(), &published, None).await.unwrap();
+        let history = vec![("h/1.json".to_string(), b"{}".to_vec())];
+        let cp = commit_batch(&store, &out, &published, history, pos(20), None)
+            .await
+            .unwrap();
+        let kept = cp.intent.clone().unwrap();
+        assert!(kept.is_publish() && kept.keys.is_empty());
+        assert_eq!((kept.to, kept.started_ms), (pos(30), Some(7)));
+        let cp = commit_batch(&store, &out, &cp, vec![], pos(30), None)
+            .await
+            .unwrap();
+        assert_eq!(cp.intent, None);
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::change::{Op, RowMeta, SchemaRef, TableId, Value};
 use crate::error::{Error, Result};
 use crate::output::Layout;
-use crate::pipeline::{Batch, Pipeline, PipelineState, commit_batch, elapsed, load_and_recover};
+use crate::pipeline::{Batch, Pipeline, PipelineState, commit_batch, elapsed};
 use crate::position::{BinlogCoord, MyPosition};
 use crate::source::mysql::check;
 use crate::source::mysql::connect::{self, MySource, ServerInfo};
@@ -70,12 +70,7 @@ impl Pipeline {
     pub(super) async fn run_mysql(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         self.set_state(PipelineState::Connecting);
         let layout = Layout::new(&self.config.output.prefix, &self.config.pipeline);
-        let mut cp = load_and_recover(
-            self.store.as_ref(),
-            self.output.as_ref(),
-            &self.config.pipeline,
-        )
-        .await?;
+        let mut cp = self.load_checkpoint().await?;
         let src = connect::source_settings(&self.config.source)?;
         let mut sql = connect::sql_connect(&src).await?;
         let server = connect::server_info(&mut sql).await?;
@@ -142,7 +137,7 @@ impl Pipeline {
             last_complete: durable.clone(),
             durable,
             tx: None,
-            batch: Batch::default(),
+            batch: self.new_batch(),
             cp,
             layout,
             server_pos: BinlogCoord::default(),
@@ -505,6 +500,10 @@ impl MyRun {
     /// Starts making everything received durable: the batch is encoded on a blocking thread
     /// while the stream goes on; its commit ([`MyRun::settle`]) happens in order, before the
     /// next batch's. At most two batches are in memory: one encoding, one filling.
+    ///
+    /// Publishing: the previous batch is committed first, then this batch's envelopes are
+    /// published under a write intent (every record accepted before the call returns); the
+    /// commit that follows moves the position past them.
     async fn flush(&mut self, p: &mut Pipeline) -> Result<()> {
         let to = self.pending();
         let last = self.inflight.as_ref().map_or(&self.durable, |f| &f.to);
@@ -515,7 +514,14 @@ impl MyRun {
         let rows = self.batch.rows() as u64;
         let last_ts = self.batch.last_commit_ts();
         let started = std::time::Instant::now();
-        let mut batch = std::mem::take(&mut self.batch);
+        self.cp = p
+            .publish(
+                &self.cp,
+                &mut self.batch,
+                &SourcePosition::Mysql(to.clone()),
+            )
+            .await?;
+        let mut batch = std::mem::replace(&mut self.batch, p.new_batch());
         let mut history = std::mem::take(&mut self.history);
         let layout = self.layout.clone();
         let encode = tokio::task::spawn_blocking(move || {

@@ -104,10 +104,18 @@ pub struct WriteIntent {
     pub from: Option<SourcePosition>,
     pub to: SourcePosition,
     pub keys: Vec<String>,
-    /// A publish (no keys): when its first record may have been sent (UNIX ms). Kept by later
-    /// intents until a commit passes `to`, so recovery knows where to look on the stream.
+    /// A publish: when its first record may have been sent (UNIX ms). Kept by later intents
+    /// until a commit passes `to`, so recovery knows where to look on the stream; `keys` are
+    /// then only the objects written beside the records (schema history).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_ms: Option<i64>,
+}
+
+impl WriteIntent {
+    /// Whether records may have been published to a stream under this intent.
+    pub fn is_publish(&self) -> bool {
+        self.started_ms.is_some()
+    }
 }
 
 /// A consistent initial snapshot in progress (or finished, with `done`).

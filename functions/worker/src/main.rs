@@ -204,7 +204,7 @@ struct RunArgs {
     /// Publish changes as tidemark envelopes to this Kinesis stream (kinesis://<stream>)
     /// instead of writing them as Parquet; the snapshot is still written to --output, and
     /// kinesis-ingest Lambdas (or `tidemark run --source-url kinesis://...`) write the changes.
-    /// PostgreSQL sources.
+    /// PostgreSQL and MySQL/MariaDB sources.
     #[arg(long, env = "TIDEMARK_PUBLISH", value_name = "kinesis://STREAM")]
     publish: Option<String>,
     /// Flush buffered rows at least this often, in milliseconds.
@@ -604,11 +604,6 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         publisher: match &args.publish {
             None => None,
             Some(url) => {
-                if cfg.is_mysql() {
-                    anyhow::bail!(
-                        "--publish is for PostgreSQL sources (MySQL publishing is not built yet)"
-                    );
-                }
                 let stream = url
                     .strip_prefix("kinesis://")
                     .context("--publish takes kinesis://<stream>")?;
