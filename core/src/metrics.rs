@@ -28,6 +28,17 @@ pub struct BatchMetrics {
     pub lag_bytes: Option<u64>,
 }
 
+/// What one committed Kinesis shard batch contributes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardMetrics {
+    pub rows: u64,
+    pub objects: u64,
+    pub bytes: u64,
+    pub dead_letters: u64,
+    /// Wall clock minus the arrival time of the batch's last record.
+    pub lag_seconds: Option<f64>,
+}
+
 impl Metrics {
     pub fn new(pipeline: &str, enabled: bool) -> Self {
         Metrics {
@@ -64,6 +75,24 @@ impl Metrics {
         }
         if let Some(b) = m.lag_bytes {
             values.push(("LagBytes", "Bytes", json!(b)));
+        }
+        self.emit(&values);
+    }
+
+    /// A committed shard batch; `DeadLetters` is always written (alarms sum it).
+    pub fn shard_batch(&self, m: &ShardMetrics) {
+        let mut values: Vec<(&str, &str, Value)> = vec![
+            ("Rows", "Count", json!(m.rows)),
+            ("Objects", "Count", json!(m.objects)),
+            ("Bytes", "Bytes", json!(m.bytes)),
+            ("DeadLetters", "Count", json!(m.dead_letters)),
+        ];
+        if let Some(s) = m.lag_seconds {
+            values.push((
+                "LagSeconds",
+                "Seconds",
+                json!((s * 1000.0).round() / 1000.0),
+            ));
         }
         self.emit(&values);
     }

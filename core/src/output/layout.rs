@@ -32,6 +32,11 @@ impl Layout {
         Layout { root }
     }
 
+    /// `<prefix>/<source>`: every key of the pipeline is under `<root>/`.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
     pub fn table_prefix(&self, table: &TableId) -> String {
         format!(
             "{}/{}.{}/",

@@ -154,6 +154,26 @@ impl ObjectOutput for LocalDir {
         })
     }
 
+    fn get_tail<'a>(&'a self, key: &'a str, len: usize) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            let path = self.path(key)?;
+            blocking(move || {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut file = match std::fs::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                let size = file.metadata()?.len();
+                file.seek(SeekFrom::Start(size.saturating_sub(len as u64)))?;
+                let mut tail = Vec::with_capacity(len.min(size as usize));
+                file.read_to_end(&mut tail)?;
+                Ok(Some(tail))
+            })
+            .await
+        })
+    }
+
     fn url(&self) -> String {
         format!("file://{}", self.root.display())
     }

@@ -3,6 +3,7 @@
 //! Every implementation of [`ObjectOutput`] stores exactly the same keys: the local directory is
 //! a byte-for-byte preview of the S3 layout.
 
+pub mod athena;
 pub mod layout;
 pub mod local;
 #[cfg(feature = "aws")]
@@ -24,6 +25,15 @@ pub trait ObjectOutput: Send + Sync {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>>;
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>>;
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
+    /// The last `len` bytes of an object (all of it when shorter); `None` when it is missing.
+    fn get_tail<'a>(&'a self, key: &'a str, len: usize) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            Ok(self.get(key).await?.map(|mut bytes| {
+                bytes.drain(..bytes.len().saturating_sub(len));
+                bytes
+            }))
+        })
+    }
     /// For messages and `status`: `file:///...` or `s3://...`.
     fn url(&self) -> String;
 
@@ -88,6 +98,22 @@ pub mod conformance {
             out.get(&c).await.unwrap().as_deref(),
             Some(&b""[..]),
             "empty objects exist"
+        );
+        assert_eq!(
+            out.get_tail(&a, 2).await.unwrap().as_deref(),
+            Some(&b"nd"[..]),
+            "the tail is the object's last bytes"
+        );
+        assert_eq!(
+            out.get_tail(&a, 1 << 20).await.unwrap().as_deref(),
+            Some(&b"second"[..]),
+            "a tail longer than the object is all of it"
+        );
+        let tail = out.get_tail(&b, 10).await.unwrap().unwrap();
+        assert_eq!(tail, vec![0u8; 10]);
+        assert_eq!(
+            out.get_tail(&format!("{base}/none"), 4).await.unwrap(),
+            None
         );
 
         assert_eq!(

@@ -486,21 +486,11 @@ impl S3Output {
     ) -> Result<Option<ObjectVersion>> {
         use tokio::io::AsyncWriteExt;
         let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_version_id(version.map(str::to_string))
-            .send()
+            .get_object(key.to_string(), version.map(str::to_string), None)
             .await
         {
-            Ok(out) => out,
-            Err(e)
-                if e.as_service_error().is_some_and(|s| s.is_no_such_key())
-                    || e.code() == Some("NoSuchKey") =>
-            {
-                return Ok(None);
-            }
+            Ok(Some(out)) => out,
+            Ok(None) => return Ok(None),
             Err(e) => return Err(self.sdk_error(Op::GetObject, key, e)),
         };
         let info = ObjectVersion {
@@ -568,6 +558,61 @@ impl S3Output {
             return Err(Error::fatal(format!("invalid object key {key:?}")));
         }
         Ok(self.object_key(key))
+    }
+
+    /// GetObject of a bucket key; `Ok(None)` when it does not exist.
+    async fn get_object(
+        &self,
+        full_key: String,
+        version: Option<String>,
+        range: Option<String>,
+    ) -> std::result::Result<
+        Option<aws_sdk_s3::operation::get_object::GetObjectOutput>,
+        SdkError<aws_sdk_s3::operation::get_object::GetObjectError, HttpResponse>,
+    > {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(full_key)
+            .set_version_id(version)
+            .set_range(range)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out)),
+            Err(e)
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key())
+                    || e.code() == Some("NoSuchKey") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GetObject of `key` (a `range` header when given); `None` when the key does not exist.
+    async fn read(&self, key: &str, range: Option<String>) -> Result<Option<Vec<u8>>> {
+        let full = self.checked_key(key)?;
+        let ranged = range.is_some();
+        let out = match self.get_object(full, None, range).await {
+            Ok(Some(out)) => out,
+            Ok(None) => return Ok(None),
+            // A range of an empty object is not satisfiable: its tail is empty.
+            Err(e) if ranged && e.code() == Some("InvalidRange") => return Ok(Some(Vec::new())),
+            Err(e) => return Err(self.sdk_error(Op::GetObject, key, e)),
+        };
+        let data = out.body.collect().await.map_err(|e| {
+            Error::with_source(
+                ErrorKind::Transient,
+                format!(
+                    "S3 GetObject {}: reading the body failed",
+                    self.location(key)
+                ),
+                e,
+            )
+        })?;
+        Ok(Some(Vec::from(data.into_bytes())))
     }
 
     fn location(&self, key: &str) -> String {
@@ -956,37 +1001,11 @@ impl ObjectOutput for S3Output {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
-        Box::pin(async move {
-            let full = self.checked_key(key)?;
-            let out = match self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(full)
-                .send()
-                .await
-            {
-                Ok(out) => out,
-                Err(e)
-                    if e.as_service_error().is_some_and(|s| s.is_no_such_key())
-                        || e.code() == Some("NoSuchKey") =>
-                {
-                    return Ok(None);
-                }
-                Err(e) => return Err(self.sdk_error(Op::GetObject, key, e)),
-            };
-            let data = out.body.collect().await.map_err(|e| {
-                Error::with_source(
-                    ErrorKind::Transient,
-                    format!(
-                        "S3 GetObject {}: reading the body failed",
-                        self.location(key)
-                    ),
-                    e,
-                )
-            })?;
-            Ok(Some(Vec::from(data.into_bytes())))
-        })
+        Box::pin(self.read(key, None))
+    }
+
+    fn get_tail<'a>(&'a self, key: &'a str, len: usize) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        Box::pin(self.read(key, Some(format!("bytes=-{len}"))))
     }
 
     fn url(&self) -> String {

@@ -85,6 +85,15 @@ enum Command {
     /// before children). With AWS_ENDPOINT_URL pointing at a local emulator, no AWS is needed.
     #[command(name = "lambda-local")]
     LambdaLocal(LambdaLocalArgs),
+    /// Print Athena/Glue DDL for every table in the pipeline's output: external tables
+    /// <schema>_<table>_changes (partitioned by dt) and <schema>_<table>_snapshot (by
+    /// snapshot_id), both with partition projection, and the view <schema>_<table>_current
+    /// (latest snapshot plus later changes, last operation per primary key, deletes removed).
+    /// Reads the output's Parquet footers, not the source: run it again after a schema change
+    /// or a re-snapshot. --dialect duckdb prints the same view over read_parquet, to query the
+    /// output locally.
+    #[command(verbatim_doc_comment)]
+    Ddl(DdlArgs),
     /// Apply one version of an S3 object as a Kinesis pipeline's baseline: a Parquet snapshot
     /// of that version, and the baseline position (forward only: an older version is a no-op).
     /// The object's metadata (tidemark-shards / tidemark-watermark) or `<key>.manifest.json`
@@ -104,6 +113,25 @@ enum Command {
         #[arg(long)]
         target_table: Option<String>,
     },
+}
+
+#[derive(Args)]
+struct DdlArgs {
+    /// TOML config file (its pipeline and output); flags override it.
+    #[arg(short, long, env = "TIDEMARK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Pipeline name: its folder in the output.
+    #[arg(long, env = "TIDEMARK_PIPELINE")]
+    pipeline: Option<String>,
+    /// Output: file:///path or s3://bucket/prefix (default ./tidemark-out).
+    #[arg(long, env = "TIDEMARK_OUTPUT")]
+    output: Option<String>,
+    /// Glue database (default: the pipeline name, lower case, other characters as _).
+    #[arg(long)]
+    database: Option<String>,
+    /// athena: Glue DDL and a Trino view; duckdb: views over read_parquet.
+    #[arg(long, default_value = "athena", value_parser = ["athena", "duckdb"])]
+    dialect: String,
 }
 
 #[derive(Args)]
@@ -245,16 +273,25 @@ impl PipelineArgs {
     }
 
     fn config_sync(&self) -> anyhow::Result<Config> {
+        self.config_with(true)
+    }
+
+    /// The config; without `source_required`, a missing source URL is left empty (commands
+    /// such as `health` only need the pipeline and its state).
+    fn config_with(&self, source_required: bool) -> anyhow::Result<Config> {
         let mut cfg = match &self.config {
             Some(path) => Config::load(path)?,
             None => {
                 let pipeline = self.pipeline.clone().context(
                     "no pipeline given: pass --config FILE, or --pipeline NAME with --source-url URL",
                 )?;
-                let url = self
-                    .source_url
-                    .clone()
-                    .context("no source given: pass --source-url postgres://..., mysql://... or kinesis://stream")?;
+                let url = match self.source_url.clone() {
+                    Some(url) => url,
+                    None if !source_required => String::new(),
+                    None => anyhow::bail!(
+                        "no source given: pass --source-url postgres://..., mysql://... or kinesis://stream"
+                    ),
+                };
                 Config::from_toml(
                     &format!(
                         "pipeline = {}\n[source]\nurl = {}\n",
@@ -372,7 +409,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             pipeline,
             max_age_secs,
         } => {
-            let cfg = pipeline.config_sync()?;
+            let cfg = pipeline.config_with(false)?;
             match StatusFile::read(&state_dir(&cfg)?, &cfg.pipeline)? {
                 Some(r) => match r.healthy(Duration::from_secs(max_age_secs)) {
                     Ok(()) => {
@@ -396,6 +433,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             yes,
         } => reset(&pipeline.config().await?, drop_slot, yes).await,
         Command::LambdaLocal(args) => lambda_local(args).await,
+        Command::Ddl(args) => ddl(args).await,
         Command::Baseline {
             pipeline,
             object,
@@ -512,20 +550,13 @@ fn shutdown_signal() -> watch::Receiver<bool> {
 async fn run_kinesis(
     cfg: &Config,
     stream: &str,
-    output: std::sync::Arc<dyn output::ObjectOutput>,
-    store: std::sync::Arc<dyn store::PositionStore>,
+    ingest: tidemark_core::source::kinesis::ShardIngest,
     stop: watch::Receiver<bool>,
     until_caught_up: bool,
 ) -> anyhow::Result<ExitCode> {
-    use tidemark_core::source::kinesis::{ShardIngest, client::KinesisStream, consumer::Consumer};
+    use tidemark_core::source::kinesis::{client::KinesisStream, consumer::Consumer};
     let consumer = Consumer {
-        ingest: ShardIngest {
-            pipeline: cfg.pipeline.clone(),
-            format: cfg.source.format.as_deref().unwrap_or("auto").parse()?,
-            layout: output::Layout::new(&cfg.output.prefix, &cfg.pipeline),
-            store,
-            output,
-        },
+        ingest,
         stream: KinesisStream::open(stream).await?,
         owner: tidemark_core::pipeline::lease::owner_id(),
         lease_ttl: cfg.positions.lease_ttl(),
@@ -574,8 +605,24 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let _ = stop_tx.send(true);
         });
     }
+    let metrics = Metrics::new(
+        &cfg.pipeline,
+        match args.metrics.as_str() {
+            "emf" => true,
+            "off" => false,
+            _ => !std::io::stdout().is_terminal(),
+        },
+    );
     if let Some(stream) = cfg.kinesis_stream() {
-        return run_kinesis(&cfg, stream, output, store, stop_rx, args.until_caught_up).await;
+        let ingest = tidemark_core::source::kinesis::ShardIngest {
+            pipeline: cfg.pipeline.clone(),
+            format: cfg.source.format.as_deref().unwrap_or("auto").parse()?,
+            layout: output::Layout::new(&cfg.output.prefix, &cfg.pipeline),
+            store,
+            output,
+            metrics,
+        };
+        return run_kinesis(&cfg, stream, ingest, stop_rx, args.until_caught_up).await;
     }
     let stop_at = if args.until_caught_up && !cfg.is_mysql() {
         Some(current_wal_lsn(&cfg).await?)
@@ -592,14 +639,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         stop_at,
         until_caught_up: args.until_caught_up,
         mysql_stop_at: None,
-        metrics: Metrics::new(
-            &cfg.pipeline,
-            match args.metrics.as_str() {
-                "emf" => true,
-                "off" => false,
-                _ => !std::io::stdout().is_terminal(),
-            },
-        ),
+        metrics: metrics.clone(),
         commits: 0,
         publisher: match &args.publish {
             None => None,
@@ -975,5 +1015,54 @@ async fn reset(cfg: &Config, drop_slot: bool, yes: bool) -> anyhow::Result<ExitC
             .await?;
     }
     println!("pipeline {} reset", cfg.pipeline);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tidemark ddl`: statements for the tables found in the output, on stdout.
+async fn ddl(args: DdlArgs) -> anyhow::Result<ExitCode> {
+    use tidemark_core::output::athena;
+    let cfg = match &args.config {
+        Some(path) => Some(Config::load(path)?),
+        None => None,
+    };
+    let pipeline = args
+        .pipeline
+        .or_else(|| cfg.as_ref().map(|c| c.pipeline.clone()))
+        .filter(|p| !p.is_empty())
+        .context("no pipeline given: pass --pipeline NAME (or --config FILE)")?;
+    let url = args
+        .output
+        .or_else(|| cfg.as_ref().map(|c| c.output_url()))
+        .unwrap_or_else(|| "file://./tidemark-out".to_string());
+    let prefix = cfg
+        .as_ref()
+        .map(|c| c.output.prefix.clone())
+        .unwrap_or_default();
+    let output = output::open(&url).await?;
+    let layout = output::Layout::new(&prefix, &pipeline);
+    let tables = athena::discover(output.as_ref(), &layout).await?;
+    if tables.is_empty() {
+        anyhow::bail!(
+            "no tables under {}/{}/: run the pipeline first (its snapshot writes every captured table)",
+            output.url(),
+            layout.root()
+        );
+    }
+    let database = args.database.unwrap_or_else(|| {
+        pipeline
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    });
+    let target = athena::Target {
+        database: &database,
+        output_url: &output.url(),
+        dialect: args.dialect.parse()?,
+    };
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    for statement in athena::statements(&target, &tables, &today) {
+        println!("{statement}\n");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -69,6 +69,8 @@ pub struct ShardIngest {
     pub layout: Layout,
     pub store: Arc<dyn PositionStore>,
     pub output: Arc<dyn ObjectOutput>,
+    /// EMF lines per committed batch: Rows, Objects, Bytes, DeadLetters, LagSeconds.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A dead letter: why, and the record as it arrived.
@@ -175,7 +177,8 @@ impl ShardIngest {
                 reason: reason.clone(),
                 data: B64.encode(&r.data),
             };
-            let body = serde_json::to_vec_pretty(&letter)
+            // One line: Athena's JSON SerDe reads one object per line.
+            let body = serde_json::to_vec(&letter)
                 .map_err(|e| Error::fatal(format!("dead letter: {e}")))?;
             objects.push((self.layout.dead_letter_key(shard, &r.sequence), body));
         }
@@ -200,6 +203,15 @@ impl ShardIngest {
         )
         .await?;
         applied.position = Some(to);
+        self.metrics.shard_batch(&crate::metrics::ShardMetrics {
+            rows: applied.rows as u64,
+            objects: applied.objects as u64,
+            bytes: applied.bytes as u64,
+            dead_letters: applied.dead_letters as u64,
+            lag_seconds: records
+                .last()
+                .map(|r| (crate::store::now_ms() - r.arrival_ms).max(0) as f64 / 1000.0),
+        });
         Ok(applied)
     }
 
@@ -261,7 +273,17 @@ impl ShardIngest {
         }
         let output = crate::output::open(&output_url).await?;
         let store = crate::store::open(var("TIDEMARK_POSITIONS").as_deref(), false).await?;
+        // Lambda sends stdout to CloudWatch Logs, which reads EMF lines as metrics.
+        let metrics = crate::metrics::Metrics::new(
+            &pipeline,
+            match var("TIDEMARK_METRICS").as_deref() {
+                Some("emf") => true,
+                Some("off") => false,
+                _ => var("AWS_LAMBDA_FUNCTION_NAME").is_some(),
+            },
+        );
         Ok(ShardIngest {
+            metrics,
             layout: Layout::new("", &pipeline),
             pipeline,
             format,
@@ -488,6 +510,7 @@ mod tests {
             layout: Layout::new("", "k"),
             store: Arc::new(LocalFileStore::new(dir.join("state")).unwrap()),
             output: Arc::new(LocalDir::new(dir.join("out")).unwrap()),
+            metrics: crate::metrics::Metrics::disabled(),
         }
     }
 

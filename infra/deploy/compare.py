@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Compares the SAM template, transformed offline, with the CDK app's synthesized template.
+
+Fails (exit 1) when their resources differ in logical id, type or count, when their parameters
+or outputs differ, or when either misses one of the properties the pipeline relies on.
+
+Usage: compare.py [--sam template.yaml] [--sam-out transformed.json] CDK_OUT_DIR
+Needs aws-sam-translator and cfn-lint (both come with aws-sam-cli).
+"""
+
+import argparse
+import glob
+import json
+import sys
+from collections import Counter
+
+import boto3
+from cfnlint.decode import decode
+from samtranslator.parser.parser import Parser
+from samtranslator.translator.translator import Translator
+
+# Names of AWS managed policies that template.yaml lists in a function's Policies, with their
+# ARNs (the real transform looks them up in IAM). It lists none today.
+MANAGED_POLICIES: dict[str, str] = {}
+
+# Parameters that only the CDK's bootstrap-aware synthesizer adds.
+CDK_ONLY_PARAMETERS = {"BootstrapVersion"}
+
+
+def sam_transform(path: str) -> dict:
+    template, matches = decode(path)
+    if matches:
+        sys.exit(f"{path}: cannot be parsed:\n" + "\n".join(str(m) for m in matches))
+    # Like `sam validate`: a local CodeUri is what `sam build` uploads; give it a stand-in.
+    for scope in [template.get("Globals", {}).get("Function", {})] + [
+        r.get("Properties", {})
+        for r in template.get("Resources", {}).values()
+        if r.get("Type") == "AWS::Serverless::Function"
+    ]:
+        if isinstance(scope.get("CodeUri"), str) and not scope["CodeUri"].startswith("s3://"):
+            scope["CodeUri"] = "s3://placeholder/code.zip"
+    # The region only names the partition of the ARNs SAM builds; no AWS call is made.
+    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name="us-east-1"))
+    return translator.translate(template, parameter_values={}, get_managed_policy_map=lambda: MANAGED_POLICIES)
+
+
+def cdk_template(out_dir: str) -> tuple[str, dict]:
+    paths = glob.glob(f"{out_dir}/*.template.json")
+    if len(paths) != 1:
+        sys.exit(f"{out_dir}: expected one *.template.json, found {len(paths)}")
+    with open(paths[0]) as f:
+        return paths[0], json.load(f)
+
+
+def table(rows: list[tuple], header: tuple) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+    return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+
+
+def parameter_shape(p: dict) -> dict:
+    """A parameter's contract, with numbers and strings alike (CDK writes AllowedValues as strings)."""
+    keys = ["Type", "Default", "AllowedValues", "AllowedPattern", "MinValue", "MaxValue", "NoEcho"]
+    norm = lambda v: [str(x) for x in v] if isinstance(v, list) else str(v)
+    return {k: norm(p[k]) for k in keys if k in p}
+
+
+def of_type(template: dict, type_: str) -> dict:
+    return {k: r for k, r in template["Resources"].items() if r["Type"] == type_}
+
+
+def semantic_problems(template: dict) -> list[str]:
+    problems = []
+
+    def expect(ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    mappings = of_type(template, "AWS::Lambda::EventSourceMapping")
+    expect(len(mappings) == 1, f"one event source mapping (found {len(mappings)})")
+    for name, r in mappings.items():
+        p = r["Properties"]
+        expect(p.get("ParallelizationFactor") == 1, f"{name}: ParallelizationFactor 1")
+        expect(p.get("BisectBatchOnFunctionError") is True, f"{name}: BisectBatchOnFunctionError true")
+        expect("ReportBatchItemFailures" in p.get("FunctionResponseTypes", []), f"{name}: ReportBatchItemFailures")
+        expect(p.get("StartingPosition") == "TRIM_HORIZON", f"{name}: StartingPosition TRIM_HORIZON")
+        expect(p.get("MaximumRecordAgeInSeconds") == -1, f"{name}: MaximumRecordAgeInSeconds -1")
+        expect("OnFailure" in p.get("DestinationConfig", {}), f"{name}: an on-failure destination")
+    for name, r in of_type(template, "AWS::DynamoDB::Table").items():
+        pitr = r["Properties"].get("PointInTimeRecoverySpecification", {})
+        expect(pitr.get("PointInTimeRecoveryEnabled") is True, f"{name}: point-in-time recovery")
+        expect(r.get("DeletionPolicy") == "Retain", f"{name}: DeletionPolicy Retain")
+    buckets = of_type(template, "AWS::S3::Bucket")
+    for name, r in buckets.items():
+        status = r["Properties"].get("VersioningConfiguration", {}).get("Status")
+        expect(status == "Enabled", f"{name}: versioning enabled")
+        expect(r.get("DeletionPolicy") == "Retain", f"{name}: DeletionPolicy Retain")
+    tls_only = {
+        json.dumps(r["Properties"]["Bucket"])
+        for r in of_type(template, "AWS::S3::BucketPolicy").values()
+        for s in r["Properties"]["PolicyDocument"]["Statement"]
+        if s.get("Effect") == "Deny" and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+    }
+    for name in buckets:
+        expect(json.dumps({"Ref": name}) in tls_only, f"{name}: a bucket policy denying requests without TLS")
+    return problems
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cdk_out", help="the CDK app's output directory (cdk synth -o)")
+    ap.add_argument("--sam", default="template.yaml", help="the SAM template (default: %(default)s)")
+    ap.add_argument("--sam-out", help="also write the transformed SAM template here")
+    args = ap.parse_args()
+
+    sam = sam_transform(args.sam)
+    if args.sam_out:
+        with open(args.sam_out, "w") as f:
+            json.dump(sam, f, indent=1)
+    cdk_path, cdk = cdk_template(args.cdk_out)
+    failed = False
+
+    sam_types = Counter(r["Type"] for r in sam["Resources"].values())
+    cdk_types = Counter(r["Type"] for r in cdk["Resources"].values())
+    rows = [
+        (t, sam_types[t], cdk_types[t], "" if sam_types[t] == cdk_types[t] else "<-- differs")
+        for t in sorted(sam_types | cdk_types)
+    ]
+    rows.append(("total", sum(sam_types.values()), sum(cdk_types.values()), ""))
+    print(f"Resource types: {args.sam} (SAM, transformed) vs {cdk_path} (CDK)\n")
+    print(table(rows, ("type", "SAM", "CDK", "")))
+    if sam_types != cdk_types:
+        failed = True
+        print("\nFAIL: the resource types or counts differ")
+
+    ids = [
+        (k, sam["Resources"].get(k, {}).get("Type", "-"), cdk["Resources"].get(k, {}).get("Type", "-"))
+        for k in sorted(set(sam["Resources"]) | set(cdk["Resources"]))
+    ]
+    ids = [r for r in ids if r[1] != r[2]]
+    if ids:
+        failed = True
+        print("\nFAIL: logical ids differ\n")
+        print(table(ids, ("logical id", "SAM", "CDK")))
+
+    sam_params = {k: parameter_shape(v) for k, v in sam.get("Parameters", {}).items()}
+    cdk_params = {
+        k: parameter_shape(v) for k, v in cdk.get("Parameters", {}).items() if k not in CDK_ONLY_PARAMETERS
+    }
+    params = [
+        (k, json.dumps(sam_params.get(k, "-")), json.dumps(cdk_params.get(k, "-")))
+        for k in sorted(set(sam_params) | set(cdk_params))
+        if sam_params.get(k) != cdk_params.get(k)
+    ]
+    if params:
+        failed = True
+        print("\nFAIL: parameters differ\n")
+        print(table(params, ("parameter", "SAM", "CDK")))
+
+    outputs = sorted(set(sam.get("Outputs", {})) ^ set(cdk.get("Outputs", {})))
+    if outputs:
+        failed = True
+        print(f"\nFAIL: outputs in only one template: {', '.join(outputs)}")
+
+    print()
+    for name, template in [("SAM", sam), ("CDK", cdk)]:
+        problems = semantic_problems(template)
+        print(f"{name}: {'OK' if not problems else 'FAIL'} " + "; ".join(problems or ["semantic checks"]))
+        failed |= bool(problems)
+
+    print("\nFAIL" if failed else "\nOK: same resources, parameters and outputs")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
