@@ -74,16 +74,7 @@ async fn postgres_to_kinesis_to_lambda_equals_the_source_history() {
     stop_tx.send(true).unwrap();
     let ops = load.await.unwrap();
     assert!(ops > 50, "workload ran: {ops}");
-    let out = s
-        .command("run", &[&qualified], &args)
-        .args(["--until-caught-up"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.run_caught_up_with(&[&qualified], &args);
 
     // No change was written as Parquet by the worker: only the snapshot.
     let changes = s.out().join(&s.name).join(&qualified).join("changes");
@@ -132,16 +123,7 @@ async fn a_crash_after_publishing_before_the_commit_publishes_nothing_twice() {
         "--lease-ttl-secs",
         "2",
     ];
-    let first = s
-        .command("run", &[&qualified], &args)
-        .args(["--until-caught-up"])
-        .output()
-        .unwrap();
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    s.run_caught_up_with(&[&qualified], &args);
 
     // kill -9 at random instants while changes stream: some kills land between PutRecords
     // and the commit, so the next run replays changes that are already on the stream.
@@ -157,16 +139,7 @@ async fn a_crash_after_publishing_before_the_commit_publishes_nothing_twice() {
     }
     stop_tx.send(true).unwrap();
     load.await.unwrap();
-    let out = s
-        .command("run", &[&qualified], &args)
-        .args(["--until-caught-up"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = s.run_caught_up_with(&[&qualified], &args);
     logs.push_str(&String::from_utf8_lossy(&out.stderr));
     let recoveries = logs.matches("recovered an unfinished publish").count();
     eprintln!(
@@ -286,16 +259,7 @@ async fn mariadb_to_kinesis_to_lambda_equals_the_source_history() {
     stop_tx.send(true).unwrap();
     let ops = load.await.unwrap();
     assert!(ops > 50, "workload ran: {ops}");
-    let out = s
-        .command("run", &[&qualified], &args)
-        .args(["--until-caught-up"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.run_caught_up_with(&[&qualified], &args);
     let root = s.out().join(&s.name);
     assert!(
         !root.join(&qualified).join("changes").exists(),

@@ -150,12 +150,14 @@ impl Scenario {
 
     /// Runs until everything committed before the call is durable; panics on failure.
     pub fn run_until_caught_up(&self, tables: &[&str]) -> Output {
+        self.run_caught_up_with(tables, &["--flush-interval-ms", "300"])
+    }
+
+    /// [`Scenario::run_until_caught_up`] with `extra` flags.
+    pub fn run_caught_up_with(&self, tables: &[&str], extra: &[&str]) -> Output {
         let out = self
-            .command(
-                "run",
-                tables,
-                &["--until-caught-up", "--flush-interval-ms", "300"],
-            )
+            .command("run", tables, extra)
+            .arg("--until-caught-up")
             .output()
             .expect("spawn tidemark");
         assert!(

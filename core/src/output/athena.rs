@@ -38,7 +38,7 @@ impl std::str::FromStr for Dialect {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
-            "athena" | "glue" => Ok(Dialect::Athena),
+            "athena" => Ok(Dialect::Athena),
             "duckdb" => Ok(Dialect::DuckDb),
             other => Err(Error::config(format!(
                 "unknown SQL dialect {other:?}: use athena or duckdb"
@@ -150,19 +150,21 @@ async fn read_schema(output: &dyn ObjectOutput, key: &str) -> Result<TableSchema
         len.copy_from_slice(&tail[n - 8..n - 4]);
         Ok(u32::from_le_bytes(len) as usize)
     };
-    let len = footer_len(&tail)?;
+    let mut len = footer_len(&tail)?;
     if len + 8 > tail.len() {
         tail = output
             .get_tail(key, len + 8)
             .await?
             .ok_or_else(|| Error::transient(format!("{key} disappeared while listing")))?;
-        if footer_len(&tail)? + 8 > tail.len() {
-            return Err(not_ours("the footer is longer than the file"));
-        }
+        // Read again: the object may have changed between the two reads.
+        len = footer_len(&tail)?;
     }
     let end = tail.len() - 8;
-    let md =
-        ::parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&tail[end - len..end])?;
+    let footer = end
+        .checked_sub(len)
+        .and_then(|start| tail.get(start..end))
+        .ok_or_else(|| not_ours("the footer is longer than the file"))?;
+    let md = ::parquet::file::metadata::ParquetMetaDataReader::decode_metadata(footer)?;
     let json = md
         .file_metadata()
         .key_value_metadata()
@@ -299,8 +301,14 @@ fn column_ddl(c: &Column) -> String {
         "  `{}` {} COMMENT '{}'",
         c.name.to_lowercase().replace('`', "``"),
         athena_type(&c.ty),
-        comment.replace('\'', "''")
+        comment_text(&comment)
     )
+}
+
+/// Text safe inside a Hive string literal (whose quote escaping differs from SQL's): quotes
+/// and backslashes dropped.
+fn comment_text(s: &str) -> String {
+    s.replace(['\'', '\\'], "")
 }
 
 fn meta_columns_ddl() -> [&'static str; 6] {
@@ -324,54 +332,105 @@ fn columns_ddl(t: &FoundTable) -> String {
 }
 
 fn athena_changes(target: &Target<'_>, t: &FoundTable, today: &str) -> String {
-    let location = target.location(&format!("{}changes/", t.prefix));
     let start = t.first_dt.as_deref().unwrap_or(today);
-    format!(
-        "CREATE EXTERNAL TABLE IF NOT EXISTS `{db}`.`{name}_changes` (\n{cols}\n)\n\
-         COMMENT 'tidemark changes of {id}'\n\
-         PARTITIONED BY (`dt` string)\n\
-         STORED AS PARQUET\n\
-         LOCATION '{location}'\n\
-         TBLPROPERTIES (\n  \
-           'projection.enabled' = 'true',\n  \
-           'projection.dt.type' = 'date',\n  \
-           'projection.dt.format' = 'yyyy-MM-dd',\n  \
-           'projection.dt.range' = '{start},NOW',\n  \
-           'projection.dt.interval' = '1',\n  \
-           'projection.dt.interval.unit' = 'DAYS',\n  \
-           'storage.location.template' = '{location}dt=${{dt}}/'\n);",
-        db = target.database,
-        name = glue_name(&t.schema),
-        cols = columns_ddl(t),
-        id = t.schema.id,
+    external_table(
+        target,
+        t,
+        ("changes", "dt"),
+        &[
+            ("type", "date".into()),
+            ("format", "yyyy-MM-dd".into()),
+            ("range", format!("{start},NOW")),
+            ("interval", "1".into()),
+            ("interval.unit", "DAYS".into()),
+        ],
     )
 }
 
 fn athena_snapshot(target: &Target<'_>, t: &FoundTable) -> String {
-    let location = target.location(&format!("{}snapshot/", t.prefix));
-    format!(
-        "CREATE EXTERNAL TABLE IF NOT EXISTS `{db}`.`{name}_snapshot` (\n{cols}\n)\n\
-         COMMENT 'tidemark snapshots of {id}'\n\
-         PARTITIONED BY (`snapshot_id` string)\n\
-         STORED AS PARQUET\n\
-         LOCATION '{location}'\n\
-         TBLPROPERTIES (\n  \
-           'projection.enabled' = 'true',\n  \
-           'projection.snapshot_id.type' = 'enum',\n  \
-           'projection.snapshot_id.values' = '{values}',\n  \
-           'storage.location.template' = '{location}snapshot_id=${{snapshot_id}}/'\n);",
-        db = target.database,
-        name = glue_name(&t.schema),
-        cols = columns_ddl(t),
-        id = t.schema.id,
-        values = t.snapshots.join(","),
+    external_table(
+        target,
+        t,
+        ("snapshot", "snapshot_id"),
+        &[("type", "enum".into()), ("values", t.snapshots.join(","))],
     )
 }
 
+/// `CREATE EXTERNAL TABLE` for the `kind` folder of a table (`changes`, `snapshot`),
+/// partitioned by one string column with partition projection `projection.<partition>.*`.
+fn external_table(
+    target: &Target<'_>,
+    t: &FoundTable,
+    (kind, partition): (&str, &str),
+    projection: &[(&str, String)],
+) -> String {
+    let location = target.location(&format!("{}{kind}/", t.prefix));
+    let mut props = vec!["  'projection.enabled' = 'true'".to_string()];
+    props.extend(
+        projection
+            .iter()
+            .map(|(k, v)| format!("  'projection.{partition}.{k}' = '{v}'")),
+    );
+    props.push(format!(
+        "  'storage.location.template' = '{location}{partition}=${{{partition}}}/'"
+    ));
+    // Dropped first so that a second run updates columns and projected values: the table is
+    // external and projected, so dropping it loses no data and no partitions.
+    format!(
+        "DROP TABLE IF EXISTS `{db}`.`{name}_{kind}`;\n\n\
+         CREATE EXTERNAL TABLE `{db}`.`{name}_{kind}` (\n{cols}\n)\n\
+         COMMENT 'tidemark {kind} of {id}'\n\
+         PARTITIONED BY (`{partition}` string)\n\
+         STORED AS PARQUET\n\
+         LOCATION '{location}'\n\
+         TBLPROPERTIES (\n{props}\n);",
+        db = target.database,
+        name = glue_name(&t.schema),
+        cols = columns_ddl(t),
+        id = comment_text(&t.schema.id.to_string()),
+        props = props.join(",\n"),
+    )
+}
+
+/// The DuckDB type of a column type (the same Parquet types as [`athena_type`]).
+fn duckdb_type(ty: &ColumnType) -> String {
+    match ty {
+        ColumnType::Bool => "BOOLEAN".into(),
+        ColumnType::Int16 => "SMALLINT".into(),
+        ColumnType::Int32 => "INTEGER".into(),
+        ColumnType::Int64 => "BIGINT".into(),
+        ColumnType::Float32 => "FLOAT".into(),
+        ColumnType::Float64 => "DOUBLE".into(),
+        ColumnType::Decimal { precision, scale } => format!("DECIMAL({precision},{scale})"),
+        ColumnType::Text => "VARCHAR".into(),
+        ColumnType::Bytes => "BLOB".into(),
+        ColumnType::Date => "DATE".into(),
+        ColumnType::Timestamp => "TIMESTAMP".into(),
+        ColumnType::TimestampTz => "TIMESTAMPTZ".into(),
+        ColumnType::List(inner) => format!("{}[]", duckdb_type(inner)),
+    }
+}
+
 fn duckdb_tables(target: &Target<'_>, t: &FoundTable) -> Vec<String> {
+    // Files written before a column was added (or after one was dropped) lack it: every view
+    // gets all the table's columns, NULL where a file has none, as Athena reads them.
+    let shape = t
+        .schema
+        .columns
+        .iter()
+        .map(|c| {
+            format!(
+                "NULL::{} AS \"{}\"",
+                duckdb_type(&c.ty),
+                c.name.replace('"', "\"\"")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let read = |kind: &str| {
         format!(
-            "SELECT * FROM read_parquet('{}*/*.parquet', hive_partitioning = true, hive_types_autocast = false, union_by_name = true)",
+            "SELECT * FROM read_parquet('{}*/*.parquet', hive_partitioning = true, hive_types_autocast = false, union_by_name = true) \
+             UNION ALL BY NAME SELECT {shape} WHERE false",
             target
                 .location(&format!("{}{kind}/", t.prefix))
                 .replace('\'', "''")
@@ -553,7 +612,8 @@ mod tests {
         let sql = statements(&target, &[t], "2026-11-21").join("\n");
         for needle in [
             "CREATE DATABASE IF NOT EXISTS `lake`;",
-            "CREATE EXTERNAL TABLE IF NOT EXISTS `lake`.`public_orders_changes`",
+            "DROP TABLE IF EXISTS `lake`.`public_orders_changes`;",
+            "CREATE EXTERNAL TABLE `lake`.`public_orders_changes`",
             "LOCATION 's3://bucket/cdc/cdc/p/public.Orders/changes/'",
             "'projection.dt.range' = '2026-11-20,NOW'",
             "'storage.location.template' = 's3://bucket/cdc/cdc/p/public.Orders/changes/dt=${dt}/'",

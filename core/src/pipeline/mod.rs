@@ -208,6 +208,10 @@ impl Pipeline {
             return Ok(());
         };
         let renewal = lease::spawn_renewal(self.store.clone(), holder.clone(), ttl);
+        #[cfg(feature = "aws")]
+        if let Some(publisher) = &self.publisher {
+            publisher.fence(holder.clone());
+        }
         let (store, output) = (self.store.clone(), self.output.clone());
         self.store = Arc::new(lease::FencedStore {
             inner: store.clone(),
@@ -272,12 +276,29 @@ impl Pipeline {
             self.store.save(cp.expected(), &next, None).await?;
             return Ok(next);
         }
+        if !self.publishing()
+            && let Some(cp) = self.store.load(&self.config.pipeline).await?
+            && cp.intent.as_ref().is_some_and(|i| i.is_publish())
+        {
+            return Err(crate::Error::config(
+                "the last run published changes to Kinesis and stopped before committing them: run again with the same --publish \
+                 (it finds what it sent instead of writing those changes as Parquet too), or `tidemark reset` to start over",
+            ));
+        }
         load_and_recover(
             self.store.as_ref(),
             self.output.as_ref(),
             &self.config.pipeline,
         )
         .await
+    }
+
+    /// Whether changes go to a Kinesis stream instead of the output.
+    fn publishing(&self) -> bool {
+        #[cfg(feature = "aws")]
+        return self.publisher.is_some();
+        #[cfg(not(feature = "aws"))]
+        false
     }
 
     /// A batch to fill: envelopes when publishing, else Parquet builders.

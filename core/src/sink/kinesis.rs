@@ -12,6 +12,8 @@
 //!   found on the stream ([`Publisher::recover`]: every shard read from the intent's time on)
 //!   and not published again when the source replays them, so each change is on the stream
 //!   once;
+//! - every PutRecords request (retries included) is sent only while the pipeline's lease is
+//!   live ([`Publisher::fence`]), so a worker that lost its lease publishes nothing more;
 //! - a record over Kinesis' 1 MiB limit is refused with an error naming the row (a row that
 //!   large belongs in the Parquet output: capture that table without publishing).
 
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::pipeline::batch::Envelope;
+use crate::pipeline::lease::LeaseHolder;
 use crate::source::kinesis::client::{KinesisStream, Put};
 use crate::source::kinesis::format::envelope;
 
@@ -40,6 +43,8 @@ pub struct Publisher {
     pipeline: String,
     /// `(pos, ord)` of records already on the stream from an unfinished batch.
     published: Mutex<HashSet<(String, u64)>>,
+    /// The pipeline's lease, checked before every request.
+    lease: Mutex<Option<LeaseHolder>>,
 }
 
 /// What [`Publisher::publish`] did.
@@ -61,6 +66,7 @@ impl Publisher {
             stream,
             pipeline: pipeline.to_string(),
             published: Mutex::new(HashSet::new()),
+            lease: Mutex::new(None),
         })
     }
 
@@ -114,6 +120,13 @@ impl Publisher {
         Ok(n)
     }
 
+    /// Sends from now on only while `lease` is live.
+    pub fn fence(&self, lease: LeaseHolder) {
+        if let Ok(mut l) = self.lease.lock() {
+            *l = Some(lease);
+        }
+    }
+
     /// Publishes `records` in order (see the module contract). Returns when every record
     /// was accepted.
     pub async fn publish(&self, records: Vec<Envelope>) -> Result<Published> {
@@ -165,6 +178,14 @@ impl Publisher {
                     .iter()
                     .map(|r| (r.partition_key.clone(), r.data.clone()))
                     .collect();
+                let lease = self
+                    .lease
+                    .lock()
+                    .map_err(|_| Error::fatal("publisher lock poisoned"))?
+                    .clone();
+                if let Some(lease) = lease {
+                    lease.check()?;
+                }
                 let results = self.stream.put(&batch).await?;
                 if results.len() != todo.len() {
                     return Err(Error::transient(format!(

@@ -1038,6 +1038,25 @@ async fn ddl(args: DdlArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|c| c.output.prefix.clone())
         .unwrap_or_default();
+    let dialect: athena::Dialect = args.dialect.parse()?;
+    if dialect == athena::Dialect::Athena && !url.starts_with("s3://") {
+        tracing::warn!(
+            output = %url,
+            "a preview: Athena reads S3, so pass --output s3://bucket/prefix for DDL to run there (--dialect duckdb queries a local output)"
+        );
+    }
+    // A local output is read where it is (never created) and named by its absolute path.
+    let url = match url
+        .strip_prefix("file://")
+        .or((!url.contains("://")).then_some(url.as_str()))
+    {
+        Some(dir) => {
+            let abs = std::fs::canonicalize(dir)
+                .with_context(|| format!("no output directory {dir}: run the pipeline first"))?;
+            format!("file://{}", abs.display())
+        }
+        None => url,
+    };
     let output = output::open(&url).await?;
     let layout = output::Layout::new(&prefix, &pipeline);
     let tables = athena::discover(output.as_ref(), &layout).await?;
@@ -1058,7 +1077,7 @@ async fn ddl(args: DdlArgs) -> anyhow::Result<ExitCode> {
     let target = athena::Target {
         database: &database,
         output_url: &output.url(),
-        dialect: args.dialect.parse()?,
+        dialect,
     };
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     for statement in athena::statements(&target, &tables, &today) {
