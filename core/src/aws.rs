@@ -11,6 +11,31 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).load().await
 }
 
+/// The SDK's timeouts with an attempt and an operation timeout filled in where the
+/// configuration set none: without them a request to an unresponsive endpoint can hang its
+/// caller (a commit, a publish under a lease) indefinitely.
+pub fn bounded_timeouts(
+    sdk: &aws_config::SdkConfig,
+    attempt: std::time::Duration,
+    operation: std::time::Duration,
+) -> aws_config::timeout::TimeoutConfig {
+    let t = sdk
+        .timeout_config()
+        .cloned()
+        .unwrap_or_else(aws_config::timeout::TimeoutConfig::disabled);
+    let mut b = t.to_builder();
+    if t.operation_attempt_timeout().is_none() {
+        b = b.operation_attempt_timeout(attempt);
+    }
+    if t.operation_timeout().is_none() {
+        b = b.operation_timeout(operation);
+    }
+    if t.connect_timeout().is_none() {
+        b = b.connect_timeout(std::time::Duration::from_secs(5));
+    }
+    b.build()
+}
+
 /// Whether an endpoint override is set (a local emulator): S3 then uses path-style addressing.
 pub fn endpoint_overridden() -> bool {
     ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]

@@ -23,14 +23,6 @@ impl TableId {
             name: name.into(),
         }
     }
-
-    /// Parse `schema.table`, or `table` (schema `public`).
-    pub fn parse(s: &str) -> Self {
-        match s.split_once('.') {
-            Some((schema, name)) => TableId::new(schema, name),
-            None => TableId::new("public", s),
-        }
-    }
 }
 
 impl fmt::Display for TableId {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::change::TableId;
 use crate::error::{Error, ErrorKind, Result};
+use crate::source::table_name::{Dialect, TableName};
 
 /// One pipeline: one source, one output, one checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,12 +211,15 @@ impl Config {
             .unwrap_or_else(|| default_object_name(&self.pipeline))
     }
 
-    pub fn tables(&self) -> Vec<TableId> {
-        self.source
-            .tables
-            .iter()
-            .map(|t| TableId::parse(t))
-            .collect()
+    /// `source.tables` parsed as SQL writes names: PostgreSQL quoting (`"..."`, unquoted parts
+    /// folded to lower case) or MySQL's (backticks, case left to the server).
+    pub fn table_names(&self) -> Result<Vec<TableName>> {
+        let dialect = if self.is_mysql() {
+            Dialect::Mysql
+        } else {
+            Dialect::Postgres
+        };
+        crate::source::table_name::parse_all(&self.source.tables, dialect)
     }
 
     /// Whether the source is MySQL/MariaDB (else PostgreSQL).
@@ -232,12 +235,7 @@ impl Config {
     /// The binlog client's server_id: configured, else a stable hash of the pipeline name.
     pub fn server_id(&self) -> u32 {
         self.source.server_id.unwrap_or_else(|| {
-            let h = self
-                .pipeline
-                .bytes()
-                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                    (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-                });
+            let h = fnv1a(self.pipeline.as_bytes());
             1_000_000 + (h % (i32::MAX as u64 - 1_000_000)) as u32
         })
     }
@@ -302,6 +300,9 @@ impl Config {
                 "replication slot name {slot:?} is not valid: PostgreSQL allows lower-case letters, digits and '_' (at most 63); set source.slot"
             )));
         }
+        if self.kinesis_stream().is_none() {
+            self.table_names()?;
+        }
         if self.batch.max_rows == 0 || self.batch.max_mib == 0 || self.batch.snapshot_part_rows == 0
         {
             return Err(Error::config(
@@ -312,7 +313,24 @@ impl Config {
     }
 }
 
+/// The default slot and publication name: `tidemark_<pipeline>` when the pipeline name is
+/// already a valid slot name (lower-case letters, digits, `_`, at most 63 bytes in all), else the
+/// sanitised name plus a short hash of the exact pipeline name, so that two pipelines never
+/// share a default (`Orders-EU`, `orders_eu`, `orders-eu` differ).
 fn default_object_name(pipeline: &str) -> String {
+    let sanitised = legacy_object_name(pipeline);
+    if sanitised == format!("tidemark_{pipeline}") {
+        return sanitised;
+    }
+    let hash = fnv1a(pipeline.as_bytes()) as u32;
+    let mut s = sanitised;
+    s.truncate(63 - 9);
+    format!("{s}_{hash:08x}")
+}
+
+/// The default name before it was made injective (lower-cased, `_` for anything else, cut at
+/// 63): what checkpoints from earlier versions stream from.
+pub fn legacy_object_name(pipeline: &str) -> String {
     let mut s: String = pipeline
         .chars()
         .map(|c| {
@@ -328,6 +346,13 @@ fn default_object_name(pipeline: &str) -> String {
     s
 }
 
+/// 64-bit FNV-1a: a stable hash of names (the same in every build and version).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,16 +365,59 @@ mod tests {
         )
         .unwrap();
         c.validate().unwrap();
-        assert_eq!(c.slot(), "tidemark_orders_main");
+        // Sanitising changed the name: a short hash of the exact name keeps it unique.
+        assert!(
+            c.slot().starts_with("tidemark_orders_main_"),
+            "{}",
+            c.slot()
+        );
+        assert_eq!(c.slot().len(), "tidemark_orders_main_".len() + 8);
+        let ids: Vec<_> = c
+            .table_names()
+            .unwrap()
+            .iter()
+            .map(|n| n.id("public"))
+            .collect();
         assert_eq!(
-            c.tables(),
+            ids,
             vec![
-                TableId::new("public", "orders"),
-                TableId::new("sales", "items")
+                crate::change::TableId::new("public", "orders"),
+                crate::change::TableId::new("sales", "items")
             ]
         );
         assert!(c.source.snapshot);
         assert_eq!(c.batch.max_rows, 200_000);
+    }
+
+    /// Issue 11 item 9: default slot/publication names never collide.
+    #[test]
+    fn default_object_names_are_injective() {
+        let name = |p: &str| {
+            Config::from_toml(
+                &format!("pipeline = \"{p}\"\n[source]\nurl = \"postgres://u@h/d\"\n"),
+                "t",
+            )
+            .unwrap()
+        };
+        assert_eq!(name("orders_eu").slot(), "tidemark_orders_eu");
+        let all: Vec<String> = ["orders_eu", "Orders-EU", "orders-eu", "ORDERS_EU"]
+            .iter()
+            .map(|p| name(p).slot())
+            .collect();
+        let mut unique = all.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), all.len(), "{all:?}");
+        let long_a = format!("{}a", "x".repeat(60));
+        let long_b = format!("{}b", "x".repeat(60));
+        for p in [&long_a, &long_b] {
+            let c = name(p);
+            assert!(c.slot().len() <= 63, "{}", c.slot());
+            c.validate().unwrap();
+        }
+        assert_ne!(name(&long_a).slot(), name(&long_b).slot());
+        assert_eq!(legacy_object_name("Orders-EU"), "tidemark_orders_eu");
+        assert_eq!(name("Orders-EU").publication(), name("Orders-EU").slot());
     }
 
     #[test]

@@ -88,6 +88,19 @@ impl PgPosition {
         }
     }
 
+    /// The position before every transaction committing at or after `at`: a snapshot's
+    /// consistent point. A transaction whose commit record begins exactly at `at` is not in the
+    /// exported snapshot (it was still running at the snapshot builder's last record) and the
+    /// walsender streams it (it skips only commits starting before `start_decoding_at`), so it
+    /// must not count as written. Acknowledging `at` is safe: nothing before it is streamed.
+    pub fn before(at: Lsn) -> Self {
+        PgPosition {
+            commit_lsn: at,
+            rows: 0,
+            ack_lsn: at,
+        }
+    }
+
     /// Whether row `ord` of the transaction committing at `commit_lsn` is already durable.
     pub fn covers(&self, commit_lsn: Lsn, ord: u64) -> bool {
         commit_lsn < self.commit_lsn
@@ -221,8 +234,9 @@ impl fmt::Display for MyPosition {
     }
 }
 
-/// A Kinesis sequence number: a decimal string of up to 128 digits, unique and increasing
-/// within a shard. Ordered numerically (shorter is smaller, then digit by digit), never as text.
+/// A Kinesis sequence number: a decimal string of up to 129 digits (the API's
+/// `0|([1-9]\d{0,128})`), unique and increasing within a shard. Ordered numerically (shorter is
+/// smaller, then digit by digit), never as text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SeqNo(String);
 
@@ -239,9 +253,15 @@ impl SeqNo {
         &self.0
     }
 
-    /// Zero-padded to [`SEQ_POS_WIDTH`] digits: sorts as text in sequence order (`_pos`).
+    /// Sorts as text in sequence order (`_pos`, object keys): zero-padded to
+    /// [`SEQ_POS_WIDTH`] digits; a longer number is `x`, its digit count (3 digits) and its
+    /// digits, which sorts after every padded one and by length, then value, among themselves.
     pub fn sortable(&self) -> String {
-        format!("{:0>width$}", self.0, width = SEQ_POS_WIDTH)
+        if self.0.len() <= SEQ_POS_WIDTH {
+            format!("{:0>width$}", self.0, width = SEQ_POS_WIDTH)
+        } else {
+            format!("x{:03}{}", self.0.len(), self.0)
+        }
     }
 }
 
@@ -249,9 +269,9 @@ impl FromStr for SeqNo {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         let digits = s.trim_start_matches('0');
-        if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        if s.is_empty() || digits.len() > 129 || !s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(Error::data(format!(
-                "invalid Kinesis sequence number {s:?}: expected up to 128 decimal digits"
+                "invalid Kinesis sequence number {s:?}: expected up to 129 decimal digits"
             )));
         }
         Ok(SeqNo(
@@ -369,6 +389,47 @@ mod tests {
         assert!(!a.covers(Lsn(100), 5));
         assert!(whole.covers(Lsn(100), 1 << 40));
         assert!(!whole.covers(Lsn(101), 0));
+    }
+
+    /// Issue 11 item 11: sequence numbers of up to 129 digits (the API's limit) parse, order
+    /// numerically, and keep sorting as text beyond the 56 digits AWS issues today.
+    #[test]
+    fn kinesis_sequence_numbers_of_129_digits() {
+        let max: SeqNo = format!("1{}", "9".repeat(128)).parse().unwrap();
+        let long: SeqNo = format!("1{}", "0".repeat(56)).parse().unwrap();
+        let aws: SeqNo = "49".repeat(28).parse().unwrap();
+        assert!(format!("1{}", "0".repeat(129)).parse::<SeqNo>().is_err());
+        assert!(aws < long && long < max);
+        let (a, b, c) = (aws.sortable(), long.sortable(), max.sortable());
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert_eq!(a.len(), SEQ_POS_WIDTH);
+        assert!(SeqNo::zero().sortable() < a);
+    }
+
+    /// Audit item 6: a commit record beginning exactly at the consistent point C is streamed by
+    /// the walsender (`SnapBuildXactNeedsSkip`: `ptr < start_decoding_at`) and is not visible in
+    /// the exported snapshot (C is the end of the xl_running_xacts record that made the
+    /// builder consistent; a transaction running there is in the snapshot's xip). The snapshot's
+    /// position must cover every commit before C and none at C.
+    #[test]
+    fn snapshot_hand_off_keeps_a_commit_at_the_consistent_point() {
+        let c = Lsn(0x16B_6C50);
+        let start = PgPosition::before(c);
+        assert!(start.covers(Lsn(c.0 - 8), u64::MAX));
+        assert!(!start.covers(c, 0), "a commit at C is not in the snapshot");
+        assert!(!start.covers(Lsn(c.0 + 8), 0));
+        assert!(start < PgPosition::complete(c, Lsn(c.0 + 0x30)));
+        assert!(
+            start
+                < PgPosition {
+                    commit_lsn: c,
+                    rows: 1,
+                    ack_lsn: c
+                }
+        );
+        assert_eq!(start.ack_lsn, c, "START_REPLICATION and acks stay at C");
+        // The old hand-off position dropped it.
+        assert!(PgPosition::complete(c, c).covers(c, 0));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 """Compares the SAM template, transformed offline, with the CDK app's synthesized template.
 
 Fails (exit 1) when their resources differ in logical id, type or count, when their parameters
-or outputs differ, or when either misses one of the properties the pipeline relies on.
+or outputs differ, or when either misses one of the properties the pipeline relies on (among
+them: the Kinesis mapping never discards a batch, MaximumRetryAttempts and
+MaximumRecordAgeInSeconds -1; kinesis-ingest's role allows exactly the DynamoDB actions it calls).
 
 Usage: compare.py [--sam template.yaml] [--sam-out transformed.json] CDK_OUT_DIR
 Needs aws-sam-translator and cfn-lint (both come with aws-sam-cli).
@@ -25,6 +27,13 @@ MANAGED_POLICIES: dict[str, str] = {}
 
 # Parameters that only the CDK's bootstrap-aware synthesizer adds.
 CDK_ONLY_PARAMETERS = {"BootstrapVersion"}
+
+# The DynamoDB actions kinesis-ingest calls at runtime (core/src/store/dynamodb.rs): DescribeTable
+# when it opens the store, GetItem and conditional UpdateItem for every load and save. No
+# CreateTable (the store is opened without --create-table), no DeleteItem (only `tidemark reset`),
+# no PutItem or Query (nothing calls them). The role of the function the mapping invokes allows
+# exactly these.
+INGEST_DYNAMODB_ACTIONS = {"dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:UpdateItem"}
 
 
 def sam_transform(path: str) -> dict:
@@ -69,6 +78,41 @@ def of_type(template: dict, type_: str) -> dict:
     return {k: r for k, r in template["Resources"].items() if r["Type"] == type_}
 
 
+def get_att_target(value) -> str | None:
+    """The logical id X of {"Fn::GetAtt": [X, "Arn"]} (or "X.Arn"), else None."""
+    att = value.get("Fn::GetAtt") if isinstance(value, dict) else None
+    if isinstance(att, str):
+        att = att.split(".", 1)
+    return att[0] if isinstance(att, list) and len(att) == 2 and att[1] == "Arn" else None
+
+
+def role_statements(template: dict, role_id: str) -> tuple[list[dict], list[str]]:
+    """Every policy statement that applies to the role: its inline policies and the policy
+    resources naming it. With what else could grant it permissions (managed policies, NotAction)."""
+    role = template["Resources"][role_id]["Properties"]
+    statements = [s for p in role.get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+    for r in template["Resources"].values():
+        if r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy") and {"Ref": role_id} in r[
+            "Properties"
+        ].get("Roles", []):
+            statements += r["Properties"]["PolicyDocument"]["Statement"]
+    problems = []
+    if role.get("ManagedPolicyArns"):
+        problems.append(f"{role_id}: managed policies {role['ManagedPolicyArns']}")
+    if any("NotAction" in s for s in statements):
+        problems.append(f"{role_id}: a NotAction statement")
+    return statements, problems
+
+
+def allowed_actions(statements: list[dict]) -> set[str]:
+    actions = set()
+    for s in statements:
+        if s.get("Effect") == "Allow":
+            a = s.get("Action", [])
+            actions |= {a} if isinstance(a, str) else set(a)
+    return actions
+
+
 def semantic_problems(template: dict) -> list[str]:
     problems = []
 
@@ -84,8 +128,27 @@ def semantic_problems(template: dict) -> list[str]:
         expect(p.get("BisectBatchOnFunctionError") is True, f"{name}: BisectBatchOnFunctionError true")
         expect("ReportBatchItemFailures" in p.get("FunctionResponseTypes", []), f"{name}: ReportBatchItemFailures")
         expect(p.get("StartingPosition") == "TRIM_HORIZON", f"{name}: StartingPosition TRIM_HORIZON")
-        expect(p.get("MaximumRecordAgeInSeconds") == -1, f"{name}: MaximumRecordAgeInSeconds -1")
+        # A batch is never discarded after retries, so no later batch moves the position past it:
+        # both limits infinite, as literals (a parameter could make them finite).
+        for key in ("MaximumRetryAttempts", "MaximumRecordAgeInSeconds"):
+            expect(str(p.get(key)) == "-1", f"{name}: {key} -1 (found {json.dumps(p.get(key))})")
+        # With infinite retries it only hears of records that expired from the stream unwritten.
         expect("OnFailure" in p.get("DestinationConfig", {}), f"{name}: an on-failure destination")
+
+        function_id = p.get("FunctionName", {}).get("Ref") if isinstance(p.get("FunctionName"), dict) else None
+        function = template["Resources"].get(function_id or "", {})
+        role_id = get_att_target(function.get("Properties", {}).get("Role"))
+        if function.get("Type") != "AWS::Lambda::Function" or role_id not in template["Resources"]:
+            expect(False, f"{name}: invokes a function of the template whose Role is a role of the template")
+            continue
+        statements, role_problems = role_statements(template, role_id)
+        problems.extend(role_problems)
+        dynamodb = {a for a in allowed_actions(statements) if a == "*" or a.lower().startswith("dynamodb:")}
+        expect(
+            dynamodb == INGEST_DYNAMODB_ACTIONS,
+            f"{role_id} (role of {function_id}): DynamoDB actions {sorted(INGEST_DYNAMODB_ACTIONS)}"
+            f" (found {sorted(dynamodb)})",
+        )
     for name, r in of_type(template, "AWS::DynamoDB::Table").items():
         pitr = r["Properties"].get("PointInTimeRecoverySpecification", {})
         expect(pitr.get("PointInTimeRecoveryEnabled") is True, f"{name}: point-in-time recovery")

@@ -15,6 +15,10 @@ fn with_url(s: &Scenario, sub: &str, url: &str, tables: &[&str]) -> std::process
     c
 }
 
+/// Held by the tests of this binary that change MariaDB state every binlog reader sees
+/// (PURGE BINARY LOGS, prepared XA transactions), so they never overlap.
+static MARIADB_SERVER_STATE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
     let out = cmd.output().unwrap();
     (
@@ -402,6 +406,7 @@ async fn health_check_and_embedded_metric_lines() {
 async fn mysql_check_and_a_purged_binlog_position() {
     use mysql_async::prelude::Queryable;
     use tidemark_e2e::mysql::{self as my, exec};
+    let _server_wide = MARIADB_SERVER_STATE.lock().await;
     let mut c = my::conn().await;
     let mut admin = my::admin().await;
     let s = Scenario::mysql("mycheck");
@@ -484,4 +489,121 @@ async fn mysql_check_and_a_purged_binlog_position() {
         "{out}"
     );
     my::drop_tables(&[&good, &nopk]).await;
+}
+
+/// Issue 11 item 8: the status file is refreshed while a table is copied, so `health` stays at
+/// exit 0 through a copy longer than `--max-age-secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_stays_green_through_a_long_snapshot_copy() {
+    let c = harness::sql().await;
+    let s = Scenario::new("longcopy");
+    let t = format!("l_{}", s.name);
+    // A text key: copied in one COPY (no chunk commits that would refresh the status).
+    c.batch_execute(&format!(
+        "create table {t} (k text primary key, v text); \
+         insert into {t} select g::text, md5(g::text) || md5((g + 1)::text) from generate_series(1, 1500000) g;"
+    ))
+    .await
+    .unwrap();
+    let q = format!("public.{t}");
+    let health = || {
+        run(s
+            .command("health", &[], &["--max-age-secs", "3"])
+            .env("TIDEMARK_LOG", "warn"))
+    };
+    let mut worker = s
+        .command("run", &[&q], &["--until-caught-up"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut snapshotting = Vec::new();
+    loop {
+        if worker.try_wait().unwrap().is_some() {
+            break;
+        }
+        let (code, out, _) = health();
+        if out.contains("Snapshotting") || (code != 0 && !out.contains("no status file")) {
+            snapshotting.push((started.elapsed(), code, out.trim().to_string()));
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(300),
+            "the copy did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(worker.wait().unwrap().success());
+    let unhealthy: Vec<_> = snapshotting
+        .iter()
+        .filter(|(_, code, out)| *code != 0 && !out.contains("Stopped"))
+        .collect();
+    assert!(
+        unhealthy.is_empty(),
+        "unhealthy during the copy: {unhealthy:?}"
+    );
+    let span = snapshotting
+        .iter()
+        .filter(|(_, code, _)| *code == 0)
+        .map(|(at, _, _)| *at)
+        .fold(
+            (None, None),
+            |(lo, hi): (Option<std::time::Duration>, Option<std::time::Duration>), at| {
+                (
+                    Some(lo.map_or(at, |l| l.min(at))),
+                    Some(hi.map_or(at, |h| h.max(at))),
+                )
+            },
+        );
+    let copied_for = span.1.unwrap_or_default() - span.0.unwrap_or_default();
+    assert!(
+        copied_for > std::time::Duration::from_secs(4),
+        "the copy must outlast --max-age-secs for this test to mean anything: {copied_for:?} {snapshotting:?}"
+    );
+    s.cleanup(&c).await;
+    c.batch_execute(&format!("drop table {t}")).await.unwrap();
+}
+
+/// Issue 11 item 10: a MariaDB XA transaction prepared before the snapshot and committed after
+/// it would be lost (the stream never reads its PREPARE, the snapshot cannot see its rows): the
+/// snapshot waits for it, then refuses, naming it; once it is committed the run takes its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_snapshot_refuses_while_an_xa_transaction_is_prepared() {
+    use tidemark_e2e::mysql::{self as my, exec};
+    let _server_wide = MARIADB_SERVER_STATE.lock().await;
+    let mut c = my::conn().await;
+    let s = Scenario::mysql("myxaprep");
+    let t = format!("t_{}", s.name);
+    exec(
+        &mut c,
+        &format!("CREATE TABLE {t} (id INT PRIMARY KEY); INSERT INTO {t} VALUES (1);"),
+    )
+    .await;
+    let xid = format!("{}_x", s.name);
+    exec(
+        &mut c,
+        &format!(
+            "XA START '{xid}'; INSERT INTO {t} VALUES (2); XA END '{xid}'; XA PREPARE '{xid}';"
+        ),
+    )
+    .await;
+    let q = format!("app.{t}");
+    let args = ["--server-id", "77002", "--flush-interval-ms", "200"];
+    let (code, log) = s.run_failing(&[&q], &args);
+    assert_eq!(code, 2, "{log}");
+    assert!(
+        log.contains(&xid) && log.contains("XA COMMIT"),
+        "names it and the fix: {log}"
+    );
+    assert!(s.output_files().is_empty(), "nothing written");
+
+    exec(&mut c, &format!("XA COMMIT '{xid}'")).await;
+    s.run_caught_up_with(&[&q], &args);
+    let ids: Vec<i64> = s
+        .output_rows(&q, "id::bigint as id")
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2]);
+    my::drop_tables(&[&t]).await;
 }

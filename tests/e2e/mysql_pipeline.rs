@@ -751,3 +751,151 @@ async fn statement_dml_on_other_tables_passes_by() {
     assert_eq!(got, ["I 1"]);
     my::drop_tables(&[&table, &other]).await;
 }
+
+/// Issue 11 item 1: a table without a primary key (FULL row images carry the before image)
+/// keeps the old image of every UPDATE (`D` + `U`), so replaying the output rebuilds the table
+/// as a multiset, duplicates included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_table_updates_keep_the_old_image_and_replay_as_a_multiset() {
+    let mut c = my::conn().await;
+    let s = Scenario::mysql("mykeyless");
+    let t = format!("k_{}", s.name);
+    exec(
+        &mut c,
+        &format!(
+            "DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (a INT, b VARCHAR(8)); \
+             INSERT INTO {t} VALUES (1, 'x'), (1, 'x'), (2, 'y'), (3, NULL);"
+        ),
+    )
+    .await;
+    let q = format!("app.{t}");
+    let sid = server_id();
+    let args = ["--flush-interval-ms", "300", "--server-id", &sid];
+    s.run_caught_up_with(&[&q], &args);
+    exec(
+        &mut c,
+        &format!(
+            "UPDATE {t} SET b = 'z' WHERE a = 1 LIMIT 1; \
+             UPDATE {t} SET a = a + 10 WHERE a = 2; \
+             DELETE FROM {t} WHERE a = 1 LIMIT 1; \
+             INSERT INTO {t} VALUES (3, NULL); \
+             UPDATE {t} SET b = 'w' WHERE a = 3;"
+        ),
+    )
+    .await;
+    s.run_caught_up_with(&[&q], &args);
+
+    let rows = s.output_rows(&q, "a, b, _op");
+    let ops: Vec<&str> = rows.iter().map(|r| r["_op"].as_str().unwrap()).collect();
+    assert_eq!(
+        ops,
+        [
+            "R", "R", "R", "R", "D", "U", "D", "U", "D", "I", "D", "U", "D", "U"
+        ],
+        "{rows:#?}"
+    );
+    let mut source: Vec<String> = c
+        .query::<(i32, Option<String>), _>(format!("SELECT a, b FROM {t}"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(a, b)| format!("{a}|{}", serde_json::json!(b)))
+        .collect();
+    source.sort();
+    assert_eq!(harness::replay_multiset(&rows, &["a", "b"]), source);
+    my::drop_tables(&[&t]).await;
+}
+
+/// Issue 11 items 3 and 4 on MariaDB: backticks quote as MySQL does (dots inside, ``` `` ```
+/// escapes), names follow the server's case rules (here case-sensitive: a name that only
+/// matches in another case is refused with the backticked form), and a table added after the
+/// snapshot is refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_names_follow_the_server_and_added_tables_are_refused() {
+    let mut c = my::conn().await;
+    let s = Scenario::mysql("mynames");
+    let (mixed, dotted, later) = (
+        format!("Orders_{}", s.name),
+        format!("we.ird`{}", s.name),
+        format!("later_{}", s.name),
+    );
+    let bq = |t: &str| format!("`{}`", t.replace('`', "``"));
+    exec(
+        &mut c,
+        &format!(
+            "CREATE TABLE {} (id INT PRIMARY KEY); CREATE TABLE {} (id INT PRIMARY KEY); \
+             CREATE TABLE {} (id INT PRIMARY KEY); \
+             INSERT INTO {} VALUES (1); INSERT INTO {} VALUES (2); INSERT INTO {} VALUES (3);",
+            bq(&mixed),
+            bq(&dotted),
+            bq(&later),
+            bq(&mixed),
+            bq(&dotted),
+            bq(&later)
+        ),
+    )
+    .await;
+    let sid = server_id();
+    let args = ["--flush-interval-ms", "300", "--server-id", &sid];
+
+    let lower = format!("app.{}", mixed.to_lowercase());
+    let (code, log) = s.run_failing(&[&lower], &args);
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains(&lower), "the name as written: {log}");
+    assert!(
+        log.contains(&format!("`app`.`{mixed}`")),
+        "the backticked form: {log}"
+    );
+    assert!(s.output_files().is_empty());
+
+    let (qm, qd) = (format!("app.{mixed}"), format!("app.{}", bq(&dotted)));
+    s.run_caught_up_with(&[&qm, &qd], &args);
+    exec(
+        &mut c,
+        &format!(
+            "INSERT INTO {} VALUES (20); INSERT INTO {} VALUES (30);",
+            bq(&dotted),
+            bq(&later)
+        ),
+    )
+    .await;
+    let files = s.output_files();
+    let ql = format!("app.{later}");
+    let (code, log) = s.run_failing(&[&qm, &qd, &ql], &args);
+    assert_eq!(code, 2, "{log}");
+    assert!(
+        log.contains(&later) && log.contains("tidemark reset"),
+        "{log}"
+    );
+    assert_eq!(s.output_files(), files, "nothing written");
+
+    s.run_caught_up_with(&[&qm, &qd], &args);
+    let rows = harness::duckdb(&format!(
+        "select regexp_extract(filename, '/{}/([^/]+)/', 1) as dir, id::int as id, _op \
+         from read_parquet('{}/**/*.parquet', union_by_name = true, filename = true) order by dir, id",
+        s.name,
+        s.out().display()
+    ));
+    let got: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["dir"].as_str().unwrap(),
+                r["id"],
+                r["_op"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let d_dir = format!("app.we%2Eird%60{}", s.name);
+    assert_eq!(
+        got,
+        [
+            format!("app.{mixed} 1 R"),
+            format!("{d_dir} 2 R"),
+            format!("{d_dir} 20 I")
+        ],
+        "{rows:#?}"
+    );
+    my::drop_tables(&[&bq(&mixed), &bq(&dotted), &bq(&later)]).await;
+}

@@ -455,3 +455,80 @@ pub fn assert_exactly_once_against(
     }
     rows.len()
 }
+
+/// Replays output rows (in `(_pos, _ord)` order, with `_op`) as a multiset of row images:
+/// `R`/`I`/`U` add their image, `D` removes one equal image (panicking when none is there),
+/// `T` empties it. `cols` names the value columns that make an image. The result is sorted.
+pub fn replay_multiset(rows: &[Json], cols: &[&str]) -> Vec<String> {
+    let mut live: Vec<String> = Vec::new();
+    for r in rows {
+        let image = cols
+            .iter()
+            .map(|c| r[*c].to_string())
+            .collect::<Vec<_>>()
+            .join("|");
+        match r["_op"].as_str().expect("_op") {
+            "R" | "I" | "U" => live.push(image),
+            "D" => {
+                let i = live
+                    .iter()
+                    .position(|x| *x == image)
+                    .unwrap_or_else(|| panic!("D of {image} with no such row: {rows:#?}"));
+                live.swap_remove(i);
+            }
+            "T" => live.clear(),
+            op => panic!("unknown _op {op}"),
+        }
+    }
+    live.sort();
+    live
+}
+
+impl Scenario {
+    /// Every file under this pipeline's output, relative and sorted.
+    pub fn output_files(&self) -> Vec<String> {
+        fn walk(base: &Path, p: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(base, &path, out);
+                } else if let Ok(rel) = path.strip_prefix(base) {
+                    out.push(rel.display().to_string());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let base = self.out();
+        walk(&base, &base, &mut out);
+        out.sort();
+        out
+    }
+
+    /// The pipeline's checkpoint as `status --json` shows it.
+    pub fn status_json(&self) -> Json {
+        let out = self
+            .command("status", &[], &["--json"])
+            .output()
+            .expect("tidemark status");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status --json: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// `tidemark run --until-caught-up` expected to fail: its exit code and stderr.
+    pub fn run_failing(&self, tables: &[&str], extra: &[&str]) -> (i32, String) {
+        let out = self
+            .command("run", tables, extra)
+            .arg("--until-caught-up")
+            .output()
+            .expect("spawn tidemark");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}

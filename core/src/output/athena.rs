@@ -283,7 +283,9 @@ pub fn statements(target: &Target<'_>, tables: &[FoundTable], today: &str) -> Ve
         match current_view(target, t) {
             Some(view) => out.push(view),
             None => out.push(format!(
-                "-- {}: no primary key, so no current-state view (every change is in {}).",
+                "-- {}: no primary key, so no current-state view. {} holds its whole history with the old image of\n\
+                 -- every UPDATE: replay rows in (_pos, _ord) order, 'R'/'I'/'U' adding their row and 'D' removing one\n\
+                 -- equal row ('T' empties the table), to rebuild it as a multiset (duplicates included).",
                 t.schema.id,
                 target.name(t, "changes")
             )),

@@ -37,12 +37,14 @@ impl Layout {
         &self.root
     }
 
+    /// `<root>/<schema>.<table>/`. A dot inside either name is escaped (`%2E`), so the one
+    /// unescaped dot separates them: `"a.b"."c"` and `"a"."b.c"` never share a folder.
     pub fn table_prefix(&self, table: &TableId) -> String {
         format!(
             "{}/{}.{}/",
             self.root,
-            escape(&table.schema),
-            escape(&table.name)
+            escape_name(&table.schema),
+            escape_name(&table.name)
         )
     }
 
@@ -128,6 +130,11 @@ pub fn date_partition(commit_ts_micros: i64) -> String {
 }
 
 /// Percent-encodes everything but `[A-Za-z0-9_.-]` so that any identifier is one safe key segment.
+/// [`escape`] for a schema or table name: dots are escaped too.
+fn escape_name(s: &str) -> String {
+    escape(s).replace('.', "%2E")
+}
+
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -143,6 +150,16 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dotted_names_never_share_a_folder() {
+        let l = Layout::new("", "p");
+        let a = l.table_prefix(&TableId::new("a.b", "c"));
+        let b = l.table_prefix(&TableId::new("a", "b.c"));
+        assert_ne!(a, b);
+        assert_eq!(a, "p/a%2Eb.c/");
+        assert_eq!(l.table_prefix(&TableId::new("public", "t")), "p/public.t/");
+    }
 
     #[test]
     fn keys_are_deterministic_and_sortable() {

@@ -201,10 +201,7 @@ pub fn partition_key(
     }
     let table = format!("{}.{}", schema.id.schema, schema.id.name);
     if table.len() + 1 + key.len() > 256 {
-        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        key = format!("{h:016x}");
+        key = format!("{:016x}", crate::config::fnv1a(key.as_bytes()));
     }
     let mut out = format!("{table}/{key}");
     while out.len() > 256 {

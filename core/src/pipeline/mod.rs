@@ -13,6 +13,7 @@
 //! position covers. So the output holds every source row exactly once.
 
 pub mod batch;
+pub mod capture;
 pub mod lease;
 pub mod status;
 
@@ -414,6 +415,26 @@ impl Pipeline {
         Ok(next)
     }
 
+    /// Keeps the status file fresh while a table is copied (issue 11 item 8): it is rewritten
+    /// every second for as long as rows keep arriving, so a health check sees a long copy as
+    /// alive while a copy that stopped moving goes stale like a hung worker. Stops on drop.
+    pub(crate) fn copy_heartbeat(&self, bar: &indicatif::ProgressBar) -> Option<CopyHeartbeat> {
+        let mut status = self.status.clone()?;
+        let bar = bar.clone();
+        Some(CopyHeartbeat(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(COPY_HEARTBEAT);
+            let mut seen = bar.position();
+            loop {
+                tick.tick().await;
+                let now = bar.position();
+                if now != seen {
+                    seen = now;
+                    status.touch();
+                }
+            }
+        })))
+    }
+
     /// Ends a table's copy: clears its progress bar, logs, updates the status file.
     pub(crate) fn table_copied(
         &mut self,
@@ -426,6 +447,18 @@ impl Pipeline {
         if let Some(s) = &mut self.status {
             s.committed(format!("snapshot {table}"), progress.rows_done);
         }
+    }
+}
+
+/// How often a table copy that is making progress refreshes the status file.
+const COPY_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The status-file refresher of one table copy; aborted when dropped.
+pub(crate) struct CopyHeartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for CopyHeartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::change::{Op, RowMeta, SchemaRef, TableId, Value};
 use crate::error::{Error, Result};
 use crate::output::Layout;
+use crate::pipeline::capture::{self, TableSet};
 use crate::pipeline::{Batch, Pipeline, PipelineState, commit_batch, elapsed};
 use crate::position::{BinlogCoord, MyPosition};
 use crate::source::mysql::check;
@@ -26,11 +27,12 @@ use crate::source::mysql::connect::{self, MySource, ServerInfo};
 use crate::source::mysql::snapshot::{self, ChunkRange};
 use crate::source::mysql::stream::{self, Capture, MyEvent, StartAt};
 use crate::source::snapshot::{KeyPlan, SnapshotMeta};
+use crate::source::table_name::Dialect;
 use crate::store::{Checkpoint, SkipRule, SnapshotProgress, SourcePosition, TableProgress};
 
-/// The captured tables of a MySQL pipeline: `source.tables` as `database.table` (a bare name is
-/// in the URL's database), or every table of the URL's database.
-pub fn capture_of(tables: &[String], database: &str) -> (Capture, Vec<String>, Vec<TableId>) {
+/// The captured tables of a MySQL pipeline: `tables` (resolved from `source.tables`), or, when
+/// empty, every table of the URL's database.
+pub fn capture_of(tables: &[TableId], database: &str) -> (Capture, Vec<String>, Vec<TableId>) {
     if tables.is_empty() {
         let dbs = vec![database.to_string()];
         (
@@ -39,19 +41,23 @@ pub fn capture_of(tables: &[String], database: &str) -> (Capture, Vec<String>, V
             Vec::new(),
         )
     } else {
-        let ids: Vec<TableId> = tables
-            .iter()
-            .map(|t| match t.split_once('.') {
-                Some((d, n)) => TableId::new(d, n),
-                None => TableId::new(database, t.as_str()),
-            })
-            .collect();
         (
-            Capture::Tables(ids.iter().cloned().collect::<HashSet<_>>()),
+            Capture::Tables(tables.iter().cloned().collect::<HashSet<_>>()),
             Vec::new(),
-            ids,
+            tables.to_vec(),
         )
     }
+}
+
+/// What a MySQL pipeline's checkpoint records as its captured set: the tables, or `db.*`.
+fn recorded_set(tables: &[TableId], databases: &[String]) -> Vec<TableId> {
+    let mut out: Vec<TableId> = databases
+        .iter()
+        .map(|d| TableId::new(d.as_str(), capture::WHOLE_DATABASE))
+        .chain(tables.iter().cloned())
+        .collect();
+    out.sort();
+    out
 }
 
 /// The transaction being received.
@@ -78,13 +84,33 @@ impl Pipeline {
         if self.until_caught_up && self.mysql_stop_at.is_none() {
             self.mysql_stop_at = Some(check::current_position(&mut sql).await?);
         }
-        let (capture, databases, tables) = capture_of(&self.config.source.tables, &src.database);
+        let names = self.config.table_names()?;
+        let resolved = snapshot::resolve_tables(&mut sql, &names, &src.database).await?;
+        let (capture, databases, tables) = capture_of(&resolved, &src.database);
+        let set = recorded_set(&tables, &databases);
+        if cp.position.is_some() && self.config.source.snapshot {
+            let now = if names.is_empty() {
+                TableSet::Discovered(set.clone())
+            } else {
+                TableSet::Listed(set.clone())
+            };
+            // Checkpoints from before the set was recorded take the current one.
+            capture::reconcile(&self.config.pipeline, cp.tables.as_deref(), now, |t| {
+                Dialect::Mysql.quote_table(t)
+            })?;
+        }
+        if cp.position.is_some() && cp.tables.as_ref() != Some(&set) {
+            let mut next = cp.next();
+            next.tables = Some(set.clone());
+            self.store.save(cp.expected(), &next, None).await?;
+            cp = next;
+        }
 
         if cp.position.is_none() {
             self.set_state(PipelineState::Snapshotting);
             let listed = snapshot::list_tables(&mut sql, &databases, &tables).await?;
             match self
-                .mysql_snapshot(&src, &server, &layout, &listed, cp, shutdown.clone())
+                .mysql_snapshot(&src, &server, &layout, &listed, &set, cp, shutdown.clone())
                 .await?
             {
                 Some(done) => cp = done,
@@ -197,12 +223,14 @@ impl Pipeline {
     /// (tables done stay; the rest, or the rest of a chunked table above its last durable key,
     /// are copied there, with skip rules for their changes before that read). Returns the
     /// checkpoint positioned at the first snapshot's binlog coordinate; `None` when stopped.
+    #[allow(clippy::too_many_arguments)]
     async fn mysql_snapshot(
         &mut self,
         src: &MySource,
         server: &ServerInfo,
         layout: &Layout,
         tables: &[TableId],
+        captured: &[TableId],
         cp: Checkpoint,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Option<Checkpoint>> {
@@ -264,6 +292,7 @@ impl Pipeline {
         let mut next = cp.next();
         next.position = progress.start.clone();
         next.last_commit_ts = Some(snap.taken_at);
+        next.tables = Some(captured.to_vec());
         if let Some(s) = &mut next.snapshot {
             s.done = true;
             s.current = None;
@@ -299,6 +328,7 @@ impl Pipeline {
             last_key: None,
         });
         let bar = snapshot::table_progress(conn, table, progress.rows_done, self.progress).await?;
+        let _heartbeat = self.copy_heartbeat(&bar);
         loop {
             let chunked = matches!(plan, KeyPlan::Integer { .. });
             let range = ChunkRange {

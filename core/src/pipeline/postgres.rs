@@ -7,24 +7,64 @@ use tokio::sync::watch;
 
 use crate::change::TableId;
 use crate::change::{Op, RowMeta, Value};
+use crate::config::{Config, legacy_object_name};
 use crate::error::{Error, Result};
 use crate::output::Layout;
+use crate::pipeline::capture::{self, TableSet};
 use crate::pipeline::{Batch, Pipeline, PipelineState, commit_batch, elapsed};
 use crate::position::{Lsn, PgPosition};
 use crate::source::postgres::replication::ReplicationClient;
 use crate::source::postgres::snapshot::{self, CopyRange, KeyPlan, SnapshotMeta};
 use crate::source::postgres::stream::{self, Acked, PgEvent};
 use crate::source::postgres::{catalog, check, connect};
-use crate::store::{Checkpoint, SkipRule, SnapshotProgress, SourcePosition, TableProgress};
+use crate::source::table_name::Dialect;
+use crate::store::{
+    Checkpoint, SkipRule, SlotRecord, SnapshotProgress, SourcePosition, TableProgress,
+};
+
+/// The slot and publication of a PostgreSQL pipeline: the configured names, else those its
+/// checkpoint recorded, else (a checkpoint from before names were recorded) the old default
+/// names, else the defaults. `status` and `reset` use it too.
+pub fn slot_names(cfg: &Config, cp: Option<&Checkpoint>) -> (String, String) {
+    let rec = cp.and_then(|c| c.slot.as_ref());
+    let legacy =
+        cp.is_some_and(|c| c.slot.is_none() && (c.position.is_some() || c.snapshot.is_some()));
+    let pick = |explicit: &Option<String>, recorded: Option<&String>, default: String| {
+        explicit
+            .clone()
+            .or_else(|| recorded.cloned())
+            .unwrap_or_else(|| {
+                if legacy {
+                    legacy_object_name(&cfg.pipeline)
+                } else {
+                    default
+                }
+            })
+    };
+    (
+        pick(&cfg.source.slot, rec.map(|r| &r.name), cfg.slot()),
+        pick(
+            &cfg.source.publication,
+            rec.map(|r| &r.publication),
+            cfg.publication(),
+        ),
+    )
+}
 
 /// How often the stream task reports the durable LSN and asks for a keepalive (idle acks, lag).
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often, at most, an idle acknowledgement (WAL that held nothing for this pipeline) is
+/// saved to the checkpoint and then released to the server.
+const IDLE_ACK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the snapshot steps share: the SQL session inside the snapshot, key layout, stop signal.
 struct SnapshotSession<'a> {
     sql: &'a tokio_postgres::Client,
     layout: &'a Layout,
     shutdown: watch::Receiver<bool>,
+    /// The stream's publication: the snapshot copies the columns it publishes.
+    publication: String,
 }
 
 /// The transaction being received.
@@ -45,9 +85,17 @@ impl Pipeline {
         let pg = connect::source_settings(&self.config.source)?;
         let sql = connect::sql_connect(&pg, "tidemark").await?;
         check::require_logical_wal(&sql).await?;
-        let publication = self.config.publication();
-        let slot = self.config.slot();
-        catalog::ensure_publication(&sql, &publication, &self.config.tables()).await?;
+        let (slot, publication) = slot_names(&self.config, Some(&cp));
+        cp = self.bind_slot(&sql, cp, &slot, &publication).await?;
+        let tables = self.capture_set(&sql, &cp, &publication).await?;
+        let listed = !self.config.source.tables.is_empty();
+        catalog::ensure_publication(&sql, &publication, &tables, listed).await?;
+        if cp.position.is_some() && cp.tables.as_ref() != Some(&tables) {
+            let mut next = cp.next();
+            next.tables = Some(tables);
+            self.store.save(cp.expected(), &next, None).await?;
+            cp = next;
+        }
         let mut repl = ReplicationClient::connect(&pg, "tidemark").await?;
 
         if cp.position.is_none() {
@@ -56,6 +104,7 @@ impl Pipeline {
                 sql: &sql,
                 layout: &layout,
                 shutdown: shutdown.clone(),
+                publication: publication.clone(),
             };
             match self
                 .initial_snapshot(&session, &mut repl, cp, &slot, &publication)
@@ -102,6 +151,7 @@ impl Pipeline {
             server_wal_end: Lsn::ZERO,
             skips: Vec::new(),
             last_flush: std::time::Instant::now(),
+            idle_ack: Lsn::ZERO,
         };
         if let Some(s) = run.cp.snapshot.as_ref() {
             run.skips = s
@@ -138,7 +188,7 @@ impl Pipeline {
                     if let Some(st) = &mut self.status {
                         st.heartbeat();
                     }
-                    if elapsed(run.batch.started(), flush_every)
+                    if (elapsed(run.batch.started(), flush_every) || run.idle_ack_due())
                         && let Err(e) = run.flush(self).await
                     {
                         break Err(e);
@@ -151,6 +201,114 @@ impl Pipeline {
             self.set_state(PipelineState::Stopped);
         }
         result.and(stopped)
+    }
+
+    /// Checks that the slot is the one this pipeline recorded (issue 11 item 9) and records it
+    /// in a checkpoint from before slots were recorded. A slot of another name, or one that
+    /// confirmed a position this pipeline never made durable (dropped and created again by
+    /// someone else, or advanced by hand), is refused: streaming from it would skip changes.
+    async fn bind_slot(
+        &self,
+        sql: &tokio_postgres::Client,
+        cp: Checkpoint,
+        slot: &str,
+        publication: &str,
+    ) -> Result<Checkpoint> {
+        let pipeline = &self.config.pipeline;
+        if let Some(rec) = &cp.slot
+            && rec.name != slot
+        {
+            return Err(Error::config(format!(
+                "pipeline {pipeline} streams from replication slot {} (recorded in its checkpoint), but source.slot names {slot}: \
+                 set source.slot back to {}, or `tidemark reset --drop-slot` to start over with a new snapshot",
+                rec.name, rec.name
+            )));
+        }
+        let durable_ack = match &cp.position {
+            Some(SourcePosition::Postgres(p)) => Some(p.ack_lsn),
+            _ => None,
+        };
+        let info = catalog::slot_info(sql, slot).await?;
+        let confirmed = info
+            .as_ref()
+            .and_then(|i| i.confirmed_flush.as_deref())
+            .and_then(|l| l.parse::<Lsn>().ok());
+        if let (Some(rec), Some(confirmed)) = (&cp.slot, confirmed) {
+            // This pipeline only ever confirms what its checkpoint holds (idle acknowledgements
+            // are saved first), and the slot confirms nothing before its creation point.
+            let limit = durable_ack.unwrap_or(rec.consistent_point);
+            if confirmed > limit || confirmed < rec.consistent_point {
+                return Err(Error::config(format!(
+                    "replication slot {slot} is not the one pipeline {pipeline} created (at {}): it has confirmed {confirmed}, \
+                     but this pipeline made only {limit} durable. Another pipeline or a person dropped and re-created it, or \
+                     advanced it, and the changes in between are not in this output. Give each pipeline its own slot \
+                     (source.slot), then `tidemark reset --pipeline {pipeline} --yes` to take a new snapshot",
+                    rec.consistent_point
+                )));
+            }
+        }
+        if cp.slot.is_some() || cp.position.is_none() {
+            return Ok(cp);
+        }
+        // A checkpoint from before slots were recorded: adopt the slot it streams from (its
+        // idle acknowledgements were not saved then, so take its confirmed point as durable).
+        let Some(confirmed) = confirmed else {
+            return Ok(cp);
+        };
+        let mut next = cp.next();
+        if let Some(SourcePosition::Postgres(p)) = &mut next.position {
+            p.ack_lsn = p.ack_lsn.max(confirmed);
+        }
+        next.slot = Some(SlotRecord {
+            name: slot.to_string(),
+            publication: publication.to_string(),
+            consistent_point: Lsn::ZERO,
+        });
+        self.store.save(cp.expected(), &next, None).await?;
+        Ok(next)
+    }
+
+    /// The tables to capture (issue 11 items 3-5): the configured names resolved as SQL reads
+    /// them, or without a list every table with a replica identity (the others are named with
+    /// their fix and left out, so the application's UPDATE/DELETE on them keep working); then
+    /// reconciled with the tables the snapshot covered.
+    async fn capture_set(
+        &self,
+        sql: &tokio_postgres::Client,
+        cp: &Checkpoint,
+        publication: &str,
+    ) -> Result<Vec<TableId>> {
+        let names = self.config.table_names()?;
+        let now = if names.is_empty() {
+            let (ok, without) = catalog::capturable_tables(sql).await?;
+            for (t, fix) in &without {
+                tracing::warn!(
+                    table = %Dialect::Postgres.quote_table(t),
+                    "table not captured: it has no replica identity, and publishing it would make PostgreSQL refuse \
+                     the application's UPDATE and DELETE on it; {fix}"
+                );
+            }
+            TableSet::Discovered(ok)
+        } else {
+            TableSet::Listed(catalog::resolve_tables(sql, &names).await?)
+        };
+        let recorded = match (&cp.tables, &cp.position) {
+            _ if !self.config.source.snapshot => None,
+            (Some(t), Some(_)) => Some(t.clone()),
+            // Recorded by earlier versions only as the publication's tables.
+            (None, Some(_)) => Some(catalog::publication_tables(sql, publication).await?),
+            _ => None,
+        };
+        let tables = capture::reconcile(&self.config.pipeline, recorded.as_deref(), now, |t| {
+            Dialect::Postgres.quote_table(t)
+        })?;
+        if tables.is_empty() {
+            return Err(Error::config(
+                "no table to capture: list tables in source.tables (--table), or give the tables a primary key or \
+                 REPLICA IDENTITY FULL (`tidemark check` lists them)",
+            ));
+        }
+        Ok(tables)
     }
 
     /// Takes the initial snapshot, or resumes an interrupted one, and returns the checkpoint
@@ -212,6 +370,11 @@ impl Pipeline {
                 let point = created.consistent_point;
                 tracing::info!(slot, consistent_point = %point, "created replication slot");
                 let mut next = cp.next();
+                next.slot = Some(SlotRecord {
+                    name: slot.to_string(),
+                    publication: publication.to_string(),
+                    consistent_point: point,
+                });
                 next.snapshot = Some(SnapshotProgress {
                     snapshot_id: point.sortable(),
                     consistent_point: point,
@@ -232,7 +395,9 @@ impl Pipeline {
             .query_one("select (extract(epoch from now()) * 1000000)::int8", &[])
             .await?
             .get(0);
-        let pos = point.sortable();
+        // Below every change's commit LSN (a commit may begin exactly at `point`), so
+        // `(_pos, _ord)` orders each snapshot row before every change of its table.
+        let pos = Lsn(point.0.saturating_sub(1)).sortable();
         let Some(progress) = cp.snapshot.clone() else {
             return Err(Error::fatal("snapshot progress missing"));
         };
@@ -259,9 +424,10 @@ impl Pipeline {
         sql.batch_execute("commit").await?;
 
         let mut next = cp.next();
-        let start = PgPosition::complete(progress.consistent_point, progress.consistent_point);
+        let start = PgPosition::before(progress.consistent_point);
         next.position = Some(SourcePosition::Postgres(start));
         next.last_commit_ts = Some(taken_at);
+        next.tables = Some(tables.clone());
         if let Some(s) = &mut next.snapshot {
             s.done = true;
             s.current = None;
@@ -342,7 +508,8 @@ impl Pipeline {
     ) -> Result<Option<Checkpoint>> {
         let (sql, layout) = (session.sql, session.layout);
         let mut shutdown = session.shutdown.clone();
-        let (oid, schema) = catalog::table_schema(sql, table).await?;
+        let (oid, schema, source_columns) =
+            catalog::published_schema(sql, table, &session.publication).await?;
         let plan = KeyPlan::for_copy(&schema, &catalog::primary_key(sql, oid).await?);
         let part_rows = self.config.batch.snapshot_part_rows;
         let mut progress = resume.unwrap_or(TableProgress {
@@ -352,10 +519,12 @@ impl Pipeline {
             last_key: None,
         });
         let bar = snapshot::table_progress(sql, table, progress.rows_done, self.progress).await?;
+        let _heartbeat = self.copy_heartbeat(&bar);
         loop {
             let chunked = matches!(plan, KeyPlan::Integer { .. });
             let range = CopyRange {
                 schema: &schema,
+                columns: &source_columns,
                 plan: &plan,
                 after: progress.last_key,
                 limit: chunked.then_some(part_rows),
@@ -425,6 +594,8 @@ struct StreamRun {
     /// Ranges a resumed snapshot copied at a later point (empty once the stream is past them).
     skips: Vec<SkipRule>,
     last_flush: std::time::Instant,
+    /// A keepalive's WAL end received while nothing was buffered: acknowledged once saved.
+    idle_ack: Lsn,
 }
 
 impl StreamRun {
@@ -485,8 +656,10 @@ impl StreamRun {
                 self.server_wal_end = self.server_wal_end.max(wal_end);
                 // Nothing is buffered: everything the server sent is durable or not ours, so its
                 // WAL position can be released (no WAL pinned by idle or unpublished traffic).
+                // It is saved before it is acknowledged (see `flush`), so the slot never
+                // confirms more than the checkpoint holds: a slot that did was not ours.
                 if self.tx.is_none() && self.batch.is_empty() {
-                    self.acked.advance(wal_end);
+                    self.idle_ack = self.idle_ack.max(wal_end);
                 }
             }
         }
@@ -546,9 +719,20 @@ impl StreamRun {
         Ok(())
     }
 
+    /// Whether an idle acknowledgement waits to be saved and the last save is a while ago.
+    fn idle_ack_due(&self) -> bool {
+        self.idle_ack > self.durable.ack_lsn
+            && self.tx.is_none()
+            && self.batch.is_empty()
+            && self.last_flush.elapsed() >= IDLE_ACK_INTERVAL
+    }
+
     /// Makes everything received durable and commits the position; then acks it.
     async fn flush(&mut self, p: &mut Pipeline) -> Result<()> {
-        let to = self.pending();
+        let mut to = self.pending();
+        if self.tx.is_none() {
+            to.ack_lsn = to.ack_lsn.max(self.idle_ack);
+        }
         if to <= self.durable && self.batch.is_empty() {
             return Ok(());
         }
@@ -571,6 +755,9 @@ impl StreamRun {
         )
         .await?;
         self.durable = to;
+        if self.tx.is_none() {
+            self.last_complete = to;
+        }
         self.acked.advance(to.ack_lsn);
         p.report_commit(&super::Committed {
             rows,

@@ -69,6 +69,11 @@ impl StatusFile {
         }
     }
 
+    /// Rewrites the file now (a sign of life with nothing else to report).
+    pub fn touch(&mut self) {
+        self.write();
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -15,7 +15,8 @@ const ROW_GROUP_ROWS: usize = 65_536;
 /// Where a table's snapshot rows sit in source order.
 pub struct SnapshotMeta<'a> {
     pub snapshot_id: &'a str,
-    /// `_pos` of every snapshot row: the consistent point, sortable.
+    /// `_pos` of every snapshot row: just below the consistent point (every change sorts after
+    /// it), sortable.
     pub pos: &'a str,
     /// `_commit_ts` of every snapshot row: when the snapshot was taken (UNIX micros).
     pub taken_at: i64,

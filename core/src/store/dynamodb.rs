@@ -43,8 +43,11 @@
 //! attempts unless configured otherwise). A missing table, access denied (naming the missing
 //! `dynamodb:` permission), rejected credentials or no region are [`ErrorKind::Config`].
 //!
-//! Permissions: `dynamodb:DescribeTable`, `GetItem`, `UpdateItem`, `DeleteItem` on the table
-//! (and `CreateTable` with `--create-table`).
+//! Permissions on the table: `dynamodb:DescribeTable` (open), `GetItem` (load; save and acquire
+//! read first) and `UpdateItem` (saves and lease operations); `DeleteItem` only for `delete`
+//! (`tidemark reset`) and `CreateTable` only with `--create-table`.
+//! Nothing else is called (no `PutItem`, `Query` or `Scan`): the kinesis-ingest and baseline
+//! functions' roles allow just the first three (`template.yaml`, `infra/cdk`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -462,7 +465,6 @@ fn key(pipeline: &str) -> AttributeValue {
 
 fn client_config(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Config {
     use aws_sdk_dynamodb::config::retry::RetryConfig;
-    use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
     let mut b = aws_sdk_dynamodb::config::Builder::from(sdk);
     // The SDK default is 3 attempts; a position store rides out longer throttling bursts.
     if sdk
@@ -471,19 +473,12 @@ fn client_config(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Config {
     {
         b = b.retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
     }
-    // Without these a request to an unresponsive endpoint can hang a commit indefinitely.
-    let t = sdk
-        .timeout_config()
-        .cloned()
-        .unwrap_or_else(TimeoutConfig::disabled);
-    let mut tb = t.to_builder();
-    if t.operation_attempt_timeout().is_none() {
-        tb = tb.operation_attempt_timeout(Duration::from_secs(10));
-    }
-    if t.operation_timeout().is_none() {
-        tb = tb.operation_timeout(Duration::from_secs(120));
-    }
-    b.timeout_config(tb.build()).build()
+    b.timeout_config(crate::aws::bounded_timeouts(
+        sdk,
+        Duration::from_secs(10),
+        Duration::from_secs(120),
+    ))
+    .build()
 }
 
 fn check_key_schema(

@@ -176,6 +176,15 @@ impl SkipRule {
     }
 }
 
+/// The replication slot a PostgreSQL pipeline created, and the publication it reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRecord {
+    pub name: String,
+    pub publication: String,
+    /// The consistent point the slot was created at: it never confirms anything before it.
+    pub consistent_point: Lsn,
+}
+
 /// One pipeline's durable state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -191,6 +200,14 @@ pub struct Checkpoint {
     /// Commit time (UNIX micros) of the last row covered by `position`: the basis of lag in seconds.
     #[serde(default)]
     pub last_commit_ts: Option<i64>,
+    /// The tables the snapshot covered and the stream captures (MySQL: `db.*` for a whole
+    /// database). A table outside it was never snapshotted: a run refuses to add it.
+    /// `None` in checkpoints written before this was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<TableId>>,
+    /// PostgreSQL: the replication slot this pipeline streams from. A run refuses any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<SlotRecord>,
     /// Wall-clock time of this save, RFC 3339.
     pub updated_at: String,
 }
@@ -204,6 +221,8 @@ impl Checkpoint {
             snapshot: None,
             intent: None,
             last_commit_ts: None,
+            tables: None,
+            slot: None,
             updated_at: now_rfc3339(),
         }
     }

@@ -193,10 +193,22 @@ struct PipelineArgs {
     /// AWS Secrets Manager ARN of the source password (plain, or JSON with "password").
     #[arg(long, env = "TIDEMARK_SOURCE_PASSWORD_SECRET_ARN")]
     source_password_secret_arn: Option<String>,
-    /// Table to capture (schema.table; MySQL: database.table); repeat for more. Default: the
-    /// config's list, else all tables (MySQL: of the URL's database).
+    /// Table to capture, as SQL writes it: schema.table (MySQL: database.table); repeat for
+    /// more. Unquoted parts are folded to lower case (PostgreSQL); quote a part to keep its
+    /// case, spaces or dots: --table '"Billing"."Invoice Items"' (MySQL: backticks, case as the
+    /// server compares it). Default: the config's list, else every table with a replica
+    /// identity (MySQL: every table of the URL's database). Adding a table to a pipeline that
+    /// took its snapshot is refused (reset to re-snapshot).
     #[arg(long = "table", value_name = "TABLE")]
     tables: Vec<String>,
+    /// PostgreSQL: the replication slot (default tidemark_<pipeline>, with a short hash when the
+    /// pipeline name is not already a valid slot name).
+    #[arg(long, env = "TIDEMARK_SLOT")]
+    slot: Option<String>,
+    /// PostgreSQL: the publication (default as the slot); created or updated when missing. An
+    /// existing one's column lists are honoured by the snapshot.
+    #[arg(long, env = "TIDEMARK_PUBLICATION")]
+    publication: Option<String>,
     /// Output: file:///path or s3://bucket/prefix (default ./tidemark-out).
     #[arg(long, env = "TIDEMARK_OUTPUT")]
     output: Option<String>,
@@ -310,6 +322,12 @@ impl PipelineArgs {
         }
         if !self.tables.is_empty() {
             cfg.source.tables = self.tables.clone();
+        }
+        if let Some(slot) = &self.slot {
+            cfg.source.slot = Some(slot.clone());
+        }
+        if let Some(publication) = &self.publication {
+            cfg.source.publication = Some(publication.clone());
         }
         if let Some(o) = &self.output {
             cfg.output.url = Some(o.clone());
@@ -784,12 +802,13 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         .await?
         .filter(|l| l.expires_at_ms > store::now_ms());
     let report = StatusFile::read(&state_dir(cfg)?, &cfg.pipeline)?;
+    let (pg_slot, _) = tidemark_core::pipeline::postgres::slot_names(cfg, cp.as_ref());
     let (slot, server_error) = if cfg.is_mysql() {
         (None, None)
     } else {
         let pg = connect::source_settings(&cfg.source)?;
         match connect::sql_connect(&pg, "tidemark-status").await {
-            Ok(client) => (catalog::slot_info(&client, &cfg.slot()).await?, None),
+            Ok(client) => (catalog::slot_info(&client, &pg_slot).await?, None),
             Err(e) => (None, Some(e.one_line())),
         }
     };
@@ -824,7 +843,7 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         "lease_epoch": lease.as_ref().map(|l| l.epoch),
         "lag_bytes": slot.as_ref().and_then(|s| s.ack_lag_bytes),
         "lag_seconds": lag_seconds,
-        "slot": cfg.slot(),
+        "slot": pg_slot,
         "slot_active_pid": slot.as_ref().and_then(|s| s.active_pid),
         "slot_wal_retained_bytes": slot.as_ref().and_then(|s| s.wal_retained_bytes),
         "slot_wal_status": slot.as_ref().and_then(|s| s.wal_status.clone()),
@@ -901,7 +920,14 @@ async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {
     } else {
         let pg = connect::source_settings(&cfg.source)?;
         let client = connect::sql_connect(&pg, "tidemark-check").await?;
-        check::run(&client, &cfg.slot(), &cfg.publication(), &cfg.tables()).await?
+        let store = store::open(cfg.positions.url.as_deref(), false).await?;
+        let cp = store.load(&cfg.pipeline).await?;
+        let (slot, publication) = tidemark_core::pipeline::postgres::slot_names(cfg, cp.as_ref());
+        let tables = match cfg.table_names()? {
+            names if names.is_empty() => Vec::new(),
+            names => catalog::resolve_tables(&client, &names).await?,
+        };
+        check::run(&client, &slot, &publication, &tables).await?
     };
     let mut failed = false;
     for f in &findings {
@@ -939,8 +965,24 @@ async fn mysql_check(cfg: &Config) -> anyhow::Result<Vec<check::Finding>> {
     };
     let mut findings =
         mysql::check::run(&mut conn, &server, cfg.server_id(), stored.as_ref()).await?;
-    let (_, dbs, tables) =
-        tidemark_core::pipeline::mysql::capture_of(&cfg.source.tables, &src.database);
+    let listed = match mysql::snapshot::resolve_tables(
+        &mut conn,
+        &cfg.table_names()?,
+        &src.database,
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            findings.push(check::Finding::new(
+                "table",
+                check::Level::Error,
+                e.one_line(),
+            ));
+            return Ok(findings);
+        }
+    };
+    let (_, dbs, tables) = tidemark_core::pipeline::mysql::capture_of(&listed, &src.database);
     match mysql::snapshot::list_tables(&mut conn, &dbs, &tables).await {
         Ok(list) => {
             for t in list {
@@ -973,6 +1015,7 @@ async fn reset(cfg: &Config, drop_slot: bool, yes: bool) -> anyhow::Result<ExitC
         );
     }
     let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
+    let cp = store.load(&cfg.pipeline).await?;
     store.delete(&cfg.pipeline).await?;
     if let Some(stream) = cfg.kinesis_stream() {
         // Every shard's position, the baseline and the seats.
@@ -999,20 +1042,31 @@ async fn reset(cfg: &Config, drop_slot: bool, yes: bool) -> anyhow::Result<ExitC
         return Ok(ExitCode::SUCCESS);
     }
     if drop_slot && !cfg.is_mysql() {
+        // The slot the checkpoint recorded, else the configured or default name (no checkpoint
+        // at all is fine).
+        let (slot, publication) = tidemark_core::pipeline::postgres::slot_names(cfg, cp.as_ref());
         let pg = connect::source_settings(&cfg.source)?;
         let client = connect::sql_connect(&pg, "tidemark-reset").await?;
-        client
+        let dropped = client
             .execute(
                 "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1",
-                &[&cfg.slot()],
+                &[&slot],
             )
             .await?;
         client
             .batch_execute(&format!(
                 "drop publication if exists {}",
-                catalog::quote_ident(&cfg.publication())
+                catalog::quote_ident(&publication)
             ))
             .await?;
+        println!(
+            "replication slot {slot} {}; publication {publication} dropped",
+            if dropped > 0 {
+                "dropped"
+            } else {
+                "was not there"
+            }
+        );
     }
     println!("pipeline {} reset", cfg.pipeline);
     Ok(ExitCode::SUCCESS)

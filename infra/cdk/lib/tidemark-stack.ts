@@ -91,21 +91,13 @@ export class TidemarkStack extends Stack {
       maxValue: 10000,
       description: 'Most Kinesis records per kinesis-ingest invocation.',
     });
-    const maximumRetryAttempts = param('MaximumRetryAttempts', {
-      type: 'Number',
-      default: 10,
-      minValue: -1,
-      maxValue: 10000,
-      description:
-        'Retries of a failing batch (after bisecting) before its metadata goes to the failure queue and the shard moves on; -1 retries until the records expire from the stream.',
-    });
     const streamRetentionHours = param('StreamRetentionHours', {
       type: 'Number',
       default: 168,
       minValue: 24,
       maxValue: 8760,
       description:
-        'Retention of the Kinesis stream; bounds how long an outage can last without losing changes.',
+        'Retention of the Kinesis stream; bounds how long an outage, or a batch kinesis-ingest keeps failing on, can hold a shard up without losing changes.',
     });
     const deadLetterRetentionDays = param('DeadLetterRetentionDays', {
       type: 'Number',
@@ -195,7 +187,7 @@ export class TidemarkStack extends Stack {
       'AWS::CloudFormation::Interface': {
         ParameterGroups: [
           group('Pipeline', 'PipelineName', 'OutputPrefix', 'BaselinePrefix', 'BaselineTable', 'RecordFormat'),
-          group('Lambda', 'Architecture', 'BatchSize', 'MaximumRetryAttempts', 'StreamRetentionHours'),
+          group('Lambda', 'Architecture', 'BatchSize', 'StreamRetentionHours'),
           group('Worker', 'WorkerImageUri', 'WorkerCpu', 'WorkerMemory', 'SourceUrlSecretArn', 'VpcId', 'SubnetIds', 'AssignPublicIp'),
           group('Operations', 'DeadLetterRetentionDays', 'LogRetentionDays', 'IteratorAgeAlarmMs', 'WorkerLagAlarmSeconds', 'AlarmEmail', 'GlueDatabaseName'),
         ],
@@ -277,17 +269,12 @@ export class TidemarkStack extends Stack {
     const baselineLogs = logGroup('BaselineLogGroup');
     const workerLogs = logGroup('WorkerLogGroup');
 
-    const positionsAccess = new iam.PolicyStatement({
-      actions: [
-        'dynamodb:GetItem',
-        'dynamodb:PutItem',
-        'dynamodb:UpdateItem',
-        'dynamodb:DeleteItem',
-        'dynamodb:DescribeTable',
-        'dynamodb:Query',
-      ],
-      resources: [table.tableArn],
-    });
+    // The positions table: what the functions call is DescribeTable when they open the store,
+    // GetItem and (conditional) UpdateItem for every load and save (infra/deploy/compare.py
+    // checks kinesis-ingest's). The worker also deletes items for `tidemark reset`.
+    const positionsAccess = (...actions: string[]) =>
+      new iam.PolicyStatement({ actions: actions.map((a) => `dynamodb:${a}`), resources: [table.tableArn] });
+    const positionsCalls = ['DescribeTable', 'GetItem', 'UpdateItem'];
     const objectWrites = ['s3:PutObject', 's3:GetObject', 's3:DeleteObject', 's3:AbortMultipartUpload'];
     const writeLogs = (group: logs.LogGroup) =>
       new iam.PolicyStatement({
@@ -326,7 +313,7 @@ export class TidemarkStack extends Stack {
         resources: [bucket.bucketArn],
         conditions: { StringLike: { 's3:prefix': Fn.sub('${OutputPrefix}/*') } },
       }),
-      positionsAccess,
+      positionsAccess(...positionsCalls),
       new iam.PolicyStatement({ actions: ['sqs:SendMessage'], resources: [failureQueue.queueArn] }),
     ]);
 
@@ -345,7 +332,7 @@ export class TidemarkStack extends Stack {
           StringLike: { 's3:prefix': [Fn.sub('${BaselinePrefix}*'), Fn.sub('${OutputPrefix}/*')] },
         },
       }),
-      positionsAccess,
+      positionsAccess(...positionsCalls),
     ]);
 
     const lambdaArchitecture = lambda.Architecture.custom(architecture.valueAsString);
@@ -372,6 +359,13 @@ export class TidemarkStack extends Stack {
     // lambda.Function adds DependsOn its role, which Role's GetAtt implies (cfn-lint W3005).
     sameId(ingest, 'IngestFunction').addDeletionOverride('DependsOn');
 
+    // A batch is never discarded: retries and record age are infinite (-1, not a parameter), so
+    // a failing batch holds its shard until it is written and no later batch moves the shard's
+    // position past it. Records the function cannot decode or encode are not failures: it writes
+    // them to _dead_letter/ itself. Lambda discards records only when they expire from the stream
+    // (StreamRetentionHours) while their batch still fails; the on-failure destination then gets
+    // the batch's metadata (FailureQueueAlarm). Bisecting isolates a record that crashes or times
+    // out the function; ReportBatchItemFailures retries from the first record not durable.
     new lambda.CfnEventSourceMapping(this, 'IngestEventSourceMapping', {
       functionName: ingest.functionName,
       eventSourceArn: stream.streamArn,
@@ -380,7 +374,7 @@ export class TidemarkStack extends Stack {
       parallelizationFactor: 1,
       bisectBatchOnFunctionError: true,
       functionResponseTypes: ['ReportBatchItemFailures'],
-      maximumRetryAttempts: maximumRetryAttempts.valueAsNumber,
+      maximumRetryAttempts: -1,
       maximumRecordAgeInSeconds: -1,
       destinationConfig: { onFailure: { destination: failureQueue.queueArn } },
     });
@@ -465,7 +459,7 @@ export class TidemarkStack extends Stack {
         resources: [bucket.bucketArn],
         conditions: { StringLike: { 's3:prefix': Fn.sub('${OutputPrefix}/*') } },
       }),
-      positionsAccess,
+      positionsAccess(...positionsCalls, 'DeleteItem'),
       new iam.PolicyStatement({
         actions: [
           'kinesis:PutRecord',
@@ -583,14 +577,18 @@ export class TidemarkStack extends Stack {
       evaluationPeriods: 5,
       threshold: iteratorAgeAlarmMs.valueAsNumber,
     });
-    alarm('IngestErrorsAlarm', '${PipelineName}: kinesis-ingest invocations failed; the shard retries, then bisects.', {
-      namespace: 'AWS/Lambda',
-      metricName: 'Errors',
-      dimensions: [{ name: 'FunctionName', value: ingest.functionName }],
-      statistic: 'Sum',
-      ...fiveMinutes,
-      threshold: 0,
-    });
+    alarm(
+      'IngestErrorsAlarm',
+      '${PipelineName}: kinesis-ingest invocations failed; the failing batch is bisected and retried until it is written, and its shard waits.',
+      {
+        namespace: 'AWS/Lambda',
+        metricName: 'Errors',
+        dimensions: [{ name: 'FunctionName', value: ingest.functionName }],
+        statistic: 'Sum',
+        ...fiveMinutes,
+        threshold: 0,
+      },
+    );
     alarm('BaselineErrorsAlarm', '${PipelineName}: a baseline object could not be applied.', {
       namespace: 'AWS/Lambda',
       metricName: 'Errors',
@@ -619,7 +617,7 @@ export class TidemarkStack extends Stack {
     });
     alarm(
       'FailureQueueAlarm',
-      '${PipelineName}: a Kinesis batch exhausted its retries and was skipped; its metadata is in the failure queue.',
+      "${PipelineName}: Kinesis records expired from the stream before kinesis-ingest could write them; their batch's metadata is in the failure queue.",
       {
         namespace: 'AWS/SQS',
         metricName: 'ApproximateNumberOfMessagesVisible',
@@ -735,7 +733,7 @@ export class TidemarkStack extends Stack {
     );
     output(
       'FailureQueueUrl',
-      'SQS queue receiving the metadata of Kinesis batches that exhausted their retries.',
+      'SQS queue receiving the metadata of Kinesis batches whose records expired from the stream before kinesis-ingest could write them (retries are infinite: nothing else is discarded).',
       failureQueue.queueUrl,
     );
   }

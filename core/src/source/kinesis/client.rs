@@ -56,6 +56,12 @@ pub enum Put {
     },
 }
 
+/// One attempt of any Kinesis call (a third of the default 30 s lease, so a PutRecords under a
+/// lease ends before a takeover could begin).
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A read call with the SDK's retries.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A Kinesis stream.
 #[derive(Debug, Clone)]
 pub struct KinesisStream {
@@ -71,11 +77,25 @@ impl KinesisStream {
     /// Opens the stream `name` with the standard AWS configuration.
     pub async fn open(name: &str) -> Result<KinesisStream> {
         let sdk = crate::aws::sdk_config().await;
+        // Every call is bounded: a PutRecords must end well inside the publisher's lease
+        // margin, and a read must not hang a shard's consumer.
+        let conf = aws_sdk_kinesis::config::Builder::from(&sdk)
+            .timeout_config(crate::aws::bounded_timeouts(
+                &sdk,
+                ATTEMPT_TIMEOUT,
+                READ_TIMEOUT,
+            ))
+            .build();
         let put_conf = aws_sdk_kinesis::config::Builder::from(&sdk)
             .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
+            .timeout_config(crate::aws::bounded_timeouts(
+                &sdk,
+                ATTEMPT_TIMEOUT,
+                ATTEMPT_TIMEOUT,
+            ))
             .build();
         Ok(KinesisStream {
-            client: Client::new(&sdk),
+            client: Client::from_conf(conf),
             put_client: Client::from_conf(put_conf),
             name: name.to_string(),
         })
@@ -250,5 +270,24 @@ impl KinesisStream {
                 self.name
             ),
         )
+    }
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::*;
+
+    /// Issue 11 item 11: every Kinesis call has an attempt and an operation timeout; a put
+    /// ends within a third of the default lease.
+    #[tokio::test]
+    async fn every_kinesis_call_is_bounded_in_time() {
+        let s = KinesisStream::open("s").await.unwrap();
+        for (client, op) in [(&s.client, READ_TIMEOUT), (&s.put_client, ATTEMPT_TIMEOUT)] {
+            let conf = client.config();
+            let t = conf.timeout_config().unwrap();
+            assert_eq!(t.operation_attempt_timeout(), Some(ATTEMPT_TIMEOUT));
+            assert_eq!(t.operation_timeout(), Some(op));
+        }
+        assert!(ATTEMPT_TIMEOUT * 3 <= crate::config::PositionsConfig::default().lease_ttl());
     }
 }

@@ -367,7 +367,19 @@ type Encoded = (
 fn encode_runs(layout: &Layout, shard: &str, changes: Vec<Decoded1>) -> Result<Encoded> {
     let mut runs: BTreeMap<(TableId, String), Vec<Run>> = BTreeMap::new();
     let mut last_ts = None;
+    let mut dead = Vec::new();
     for (seq, arrival_ms, c) in changes {
+        // A record whose own columns cannot be written (an empty name, a duplicate, an
+        // impossible decimal) is a dead letter alone: it never joins a run, so the other
+        // records of its table in this batch are written.
+        let own = TableSchema {
+            id: c.table.clone(),
+            columns: c.columns.clone(),
+        };
+        if let Err(e) = crate::parquet::check_schema(&own.with_output_names()) {
+            dead.push((seq, e.one_line()));
+            continue;
+        }
         let ts = c.commit_ts.unwrap_or(arrival_ms.saturating_mul(1000));
         last_ts = Some(ts);
         let dt = date_partition(ts);
@@ -387,7 +399,6 @@ fn encode_runs(layout: &Layout, shard: &str, changes: Vec<Decoded1>) -> Result<E
     }
     let mut objects = Vec::new();
     let mut rows = 0;
-    let mut dead = Vec::new();
     for run in runs.into_values().flatten() {
         let schema = Arc::new(
             TableSchema {
@@ -547,6 +558,38 @@ mod tests {
         assert_eq!(letter.sequence_number, "2");
         assert!(letter.reason.contains("not JSON"), "{}", letter.reason);
         assert_eq!(B64.decode(letter.data).unwrap(), b"{not json");
+    }
+
+    /// Issue 11 item 11: a record with an unusable column (here an empty name) is a dead
+    /// letter alone; the other records of its table in the same batch are written.
+    #[tokio::test]
+    async fn a_record_with_an_unusable_column_dead_letters_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let ing = ingest(dir.path());
+        let mut batch: Vec<_> = (1..=4).map(|i| record(i, i as i64)).collect();
+        let mut bad = schema();
+        bad.columns[1].name = String::new();
+        let meta = RowMeta {
+            op: Op::Insert,
+            pos: "0000000000000FFF",
+            ord: 0,
+            commit_ts: 1_795_000_000_000_000,
+            xid: None,
+        };
+        batch[2].data =
+            envelope::encode(&bad, &meta, &[Value::I64(3), Value::Text("x".into())], None);
+        let a = ing.apply("s", &batch).await.unwrap();
+        assert_eq!((a.rows, a.dead_letters), (3, 1));
+        let letters = ing.output.list("k/_dead_letter/").await.unwrap();
+        assert_eq!(letters.len(), 1);
+        let body = ing.output.get(&letters[0]).await.unwrap().unwrap();
+        let letter: DeadLetter = serde_json::from_slice(&body).unwrap();
+        assert_eq!(letter.sequence_number, "3");
+        assert!(
+            letter.reason.contains("empty column name"),
+            "{}",
+            letter.reason
+        );
     }
 
     #[tokio::test]

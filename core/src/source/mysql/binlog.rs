@@ -500,7 +500,8 @@ pub fn rows_table_id(data: &[u8]) -> Result<u64> {
 
 /// Decodes a rows event with `plan`, appending `(op, row)`s: `ops` gets one entry per row and
 /// `values` the row's values (`plan.schema.columns.len()` per row). An UPDATE yields its after
-/// image, preceded by a `Delete` of the before image when the primary key changed.
+/// image, preceded by a `Delete` of the before image when the primary key changed or the table
+/// has no primary key.
 ///
 /// A partial row image (`binlog_row_image` MINIMAL or NOBLOB) is refused: tidemark writes whole
 /// rows.
@@ -556,7 +557,9 @@ pub fn decode_rows(
             let before_end = values.len();
             read_image(plan, &mut c, values)?;
             let (before, after) = values[start..].split_at(before_end - start);
-            let key_changed = !key_idx.is_empty() && key_idx.iter().any(|&i| before[i] != after[i]);
+            // Without a primary key the before image is the only way to say which row changed:
+            // keep it (`D` then `U`), so replaying the output rebuilds the table as a multiset.
+            let key_changed = key_idx.is_empty() || key_idx.iter().any(|&i| before[i] != after[i]);
             if key_changed {
                 ops.push(Op::Delete);
                 ops.push(Op::Update);

@@ -21,6 +21,7 @@ use crate::position::BinlogCoord;
 use crate::source::mysql::connect::{MySource, quote_ident, sql_connect};
 use crate::source::mysql::types;
 use crate::source::snapshot::{KeyPlan, Part, SnapshotMeta, progress_bar};
+use crate::source::table_name::{Dialect, TableName};
 
 /// A consistent snapshot open on `conn`, at `coord` (and `gtid`, on MariaDB).
 pub struct Snapshot {
@@ -30,8 +31,71 @@ pub struct Snapshot {
     pub taken_at: i64,
 }
 
+/// How long a snapshot waits for prepared XA transactions to be committed or rolled back.
+const XA_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The XA transactions prepared but not committed, as `XA COMMIT` takes their ids; empty when
+/// the server does not let this user list them (a warning says what is missing).
+async fn prepared_xa(conn: &mut Conn) -> Result<Vec<String>> {
+    let rows: Vec<mysql_async::Row> = match conn.query("XA RECOVER FORMAT='SQL'").await {
+        Ok(r) => r,
+        // MySQL: no FORMAT='SQL', or XA_RECOVER_ADMIN missing.
+        Err(_) => match conn.query("XA RECOVER").await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %Error::from(e), "cannot list prepared XA transactions (XA RECOVER): one prepared before the snapshot and committed after it would be missing; grant XA_RECOVER_ADMIN (MySQL) to check");
+                return Ok(Vec::new());
+            }
+        },
+    };
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let v: Option<Vec<u8>> = r.get(3);
+            String::from_utf8_lossy(&v.unwrap_or_default()).into_owned()
+        })
+        .collect())
+}
+
 /// Opens a consistent snapshot and reads its binlog coordinate.
+///
+/// Never while XA transactions are prepared but not committed (issue 11 item 10): their
+/// PREPARE lies before the snapshot's coordinate, where the stream never reads it, and the
+/// consistent read cannot see their rows, so their XA COMMIT after it would capture nothing.
+/// Waits up to [`XA_WAIT`] for them to finish (checking before and after the snapshot opens,
+/// and opening it again when one appeared in between), then refuses, naming them.
 pub async fn open(src: &MySource, mariadb: bool) -> Result<Snapshot> {
+    let mut check = sql_connect(src).await?;
+    let deadline = std::time::Instant::now() + XA_WAIT;
+    let mut warned = false;
+    loop {
+        let before = prepared_xa(&mut check).await?;
+        if before.is_empty() {
+            let snapshot = open_consistent(src, mariadb).await?;
+            if prepared_xa(&mut check).await?.is_empty() {
+                return Ok(snapshot);
+            }
+            // One was prepared while the snapshot opened: drop it, wait, open another.
+            continue;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::config(format!(
+                "{} prepared XA transaction(s) not committed ({}): a snapshot now would miss their rows (prepared \
+                 before it, invisible to it). Commit or roll them back (XA COMMIT / XA ROLLBACK with these ids), \
+                 then run again",
+                before.len(),
+                before.join(", ")
+            )));
+        }
+        if !warned {
+            tracing::warn!(xa = %before.join(", "), "waiting for prepared XA transactions to commit or roll back before the snapshot");
+            warned = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+async fn open_consistent(src: &MySource, mariadb: bool) -> Result<Snapshot> {
     let mut conn = sql_connect(src).await?;
     conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .await?;
@@ -82,6 +146,59 @@ pub async fn open(src: &MySource, mariadb: bool) -> Result<Snapshot> {
         gtid,
         taken_at: taken_at.unwrap_or(0),
     })
+}
+
+/// Resolves configured table names (backticks as MySQL quotes; a bare name is in `database`)
+/// with the server's own case rules: with `lower_case_table_names = 0` names are exact, and a
+/// name that only matches in another case fails with the backticked form to write instead;
+/// otherwise the server's stored name is taken whatever the case written.
+pub async fn resolve_tables(
+    conn: &mut Conn,
+    names: &[TableName],
+    database: &str,
+) -> Result<Vec<TableId>> {
+    let lctn: Option<i64> = conn.query_first("SELECT @@lower_case_table_names").await?;
+    let case_sensitive = lctn.unwrap_or(0) == 0;
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let want = n.id(database);
+        let found: Vec<(String, String)> = conn
+            .exec(
+                "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
+                 WHERE LOWER(TABLE_SCHEMA) = LOWER(?) AND LOWER(TABLE_NAME) = LOWER(?) \
+                 AND TABLE_TYPE = 'BASE TABLE' ORDER BY 1, 2",
+                (&want.schema, &want.name),
+            )
+            .await?;
+        let found: Vec<TableId> = found.into_iter().map(|(s, t)| TableId::new(s, t)).collect();
+        if let Some(exact) = found.iter().find(|t| **t == want) {
+            out.push(exact.clone());
+            continue;
+        }
+        match found.as_slice() {
+            [one] if !case_sensitive => out.push(one.clone()),
+            [] => {
+                return Err(Error::config(format!(
+                    "table {} does not exist: check source.tables (MySQL tables are database.table; a bare name is in {database})",
+                    n.written
+                )));
+            }
+            near => {
+                let quoted: Vec<String> =
+                    near.iter().map(|t| Dialect::Mysql.quote_table(t)).collect();
+                return Err(Error::config(format!(
+                    "table {} does not exist: this server compares table names case-sensitively (lower_case_table_names = {}); \
+                     did you mean {}?",
+                    n.written,
+                    lctn.unwrap_or(0),
+                    quoted.join(" or ")
+                )));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// Base tables of `databases` (or exactly `tables`, checked to exist), sorted.

@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 use crate::change::{Column, SchemaRef, TableId, TableSchema};
 use crate::error::{Error, Result};
 use crate::source::postgres::types::{self, PgTypeInfo};
+use crate::source::table_name::{Dialect, TableName};
 
 /// OIDs below this are built into PostgreSQL (`FirstNormalObjectId`).
 const FIRST_NORMAL_OID: u32 = 16384;
@@ -81,11 +82,44 @@ pub async fn build_schema(
     Ok(Arc::new(TableSchema { id, columns }.with_output_names()))
 }
 
-/// The table's current columns and OID, for the snapshot copy.
-pub async fn table_schema(client: &Client, table: &TableId) -> Result<(u32, SchemaRef)> {
+/// The server's `server_version_num` (e.g. 150019, 180006).
+pub async fn server_version(client: &Client) -> Result<i32> {
+    let v: String = client
+        .query_one("show server_version_num", &[])
+        .await?
+        .get(0);
+    v.trim()
+        .parse()
+        .map_err(|_| Error::data(format!("server_version_num {v:?}")))
+}
+
+/// Whether the publication publishes stored generated columns (PostgreSQL 18+:
+/// `publish_generated_columns = stored`); never before 18, where pgoutput does not send them.
+pub async fn publishes_generated(client: &Client, publication: &str) -> Result<bool> {
+    if server_version(client).await? < 180_000 {
+        return Ok(false);
+    }
+    let row = client
+        .query_opt(
+            "select pubgencols::text = 's' from pg_publication where pubname = $1",
+            &[&publication],
+        )
+        .await?;
+    Ok(row.is_some_and(|r| r.get(0)))
+}
+
+/// The columns the stream sends for `table` through `publication`, with the table's OID and
+/// the columns' source names, for the snapshot copy: the publication's column list (15+), less
+/// generated columns unless the publication publishes them (stored, 18+), or a column list
+/// names them. So the snapshot and the change files of a table have one column set.
+pub async fn published_schema(
+    client: &Client,
+    table: &TableId,
+    publication: &str,
+) -> Result<(u32, SchemaRef, Vec<String>)> {
     let rows = client
         .query(
-            "select c.oid, a.attname::text, a.atttypid, a.atttypmod from pg_class c \
+            "select c.oid, a.attname::text, a.atttypid, a.atttypmod, a.attgenerated::text from pg_class c \
              join pg_namespace n on n.oid = c.relnamespace \
              join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped \
              where n.nspname = $1 and c.relname = $2 order by a.attnum",
@@ -98,11 +132,49 @@ pub async fn table_schema(client: &Client, table: &TableId) -> Result<(u32, Sche
         )));
     };
     let oid: u32 = first.get(0);
+    let version = server_version(client).await?;
+    let listed: Option<Vec<String>> = if version >= 150_000 {
+        client
+            .query_opt(
+                "select attnames::text[] from pg_publication_tables \
+                 where pubname = $1 and schemaname = $2 and tablename = $3",
+                &[&publication, &table.schema, &table.name],
+            )
+            .await?
+            .and_then(|r| r.get(0))
+    } else {
+        None
+    };
+    // A column list given by the user (not every column): published as listed, generated
+    // columns included (18+).
+    let explicit = version >= 180_000
+        && client
+            .query_opt(
+                "select pr.prattrs is not null from pg_publication_rel pr \
+                 join pg_publication p on p.oid = pr.prpubid where p.pubname = $1 and pr.prrelid = $2",
+                &[&publication, &oid],
+            )
+            .await?
+            .is_some_and(|r| r.get(0));
+    let generated_published = publishes_generated(client, publication).await?;
     let cols: Vec<(String, u32, i32)> = rows
         .iter()
+        .filter(|r| {
+            let name: String = r.get(1);
+            let generated: String = r.get(4);
+            let in_list = listed.as_ref().is_none_or(|l| l.contains(&name));
+            let published_kind =
+                generated.is_empty() || (generated == "s" && (generated_published || explicit));
+            in_list && published_kind
+        })
         .map(|r| (r.get(1), r.get(2), r.get(3)))
         .collect();
-    Ok((oid, build_schema(client, oid, table.clone(), &cols).await?))
+    let names = cols.iter().map(|c| c.0.clone()).collect();
+    Ok((
+        oid,
+        build_schema(client, oid, table.clone(), &cols).await?,
+        names,
+    ))
 }
 
 /// Quotes an identifier for SQL.
@@ -114,12 +186,107 @@ pub fn quote_table(t: &TableId) -> String {
     format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
 }
 
-/// Creates the publication when missing, or sets its table list when it differs.
-/// `tables` empty: `FOR ALL TABLES`.
+/// Resolves the configured table names against the catalog: each must name an existing table
+/// exactly as PostgreSQL reads it (quoted parts exact, unquoted parts folded). A name that only
+/// matches with its case kept fails with the quoted form to write instead.
+pub async fn resolve_tables(client: &Client, names: &[TableName]) -> Result<Vec<TableId>> {
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let id = n.id("public");
+        let exact = client
+            .query_opt(
+                "select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+                 where n.nspname = $1 and c.relname = $2 and c.relkind in ('r', 'p')",
+                &[&id.schema, &id.name],
+            )
+            .await?;
+        if exact.is_some() {
+            out.push(id);
+            continue;
+        }
+        let near: Vec<TableId> = client
+            .query(
+                "select n.nspname::text, c.relname::text from pg_class c \
+                 join pg_namespace n on n.oid = c.relnamespace \
+                 where lower(n.nspname) = lower($1) and lower(c.relname) = lower($2) \
+                 and c.relkind in ('r', 'p') order by 1, 2",
+                &[&id.schema, &id.name],
+            )
+            .await?
+            .iter()
+            .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        let hint = match near.as_slice() {
+            [] => "check source.tables (schema.table; a bare name is in schema public)".to_string(),
+            found => {
+                let quoted: Vec<String> = found
+                    .iter()
+                    .map(|t| Dialect::Postgres.quote_table(t))
+                    .collect();
+                format!(
+                    "did you mean {}? Unquoted names are folded to lower case, as in SQL: quote the parts whose case matters \
+                     (--table '{}')",
+                    quoted.join(" or "),
+                    quoted[0]
+                )
+            }
+        };
+        return Err(Error::config(format!(
+            "table {} does not exist (read as {}): {hint}",
+            n.written,
+            Dialect::Postgres.quote_table(&id)
+        )));
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Every table a pipeline without a table list captures: permanent tables outside the system
+/// schemas (partitions as themselves, as `FOR ALL TABLES` would), split into those with a
+/// replica identity (a primary key, `REPLICA IDENTITY FULL` or `USING INDEX`) and the others,
+/// each with its fix. Publishing a table without one would make PostgreSQL refuse the
+/// application's UPDATE and DELETE on it.
+pub async fn capturable_tables(client: &Client) -> Result<(Vec<TableId>, Vec<(TableId, String)>)> {
+    let rows = client
+        .query(
+            "select n.nspname::text, c.relname::text, c.relreplident::text, \
+             exists(select 1 from pg_index i where i.indrelid = c.oid and i.indisprimary), \
+             exists(select 1 from pg_index i where i.indrelid = c.oid and i.indisreplident) \
+             from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+             where c.relkind = 'r' and c.relpersistence = 'p' and c.oid >= 16384 \
+             and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%' \
+             and n.nspname not like 'pg_temp%' order by 1, 2",
+            &[],
+        )
+        .await?;
+    let (mut ok, mut not) = (Vec::new(), Vec::new());
+    for r in &rows {
+        let t = TableId::new(r.get::<_, String>(0), r.get::<_, String>(1));
+        let (ident, pk, index): (String, bool, bool) = (r.get(2), r.get(3), r.get(4));
+        match (ident.as_str(), pk, index) {
+            ("f", _, _) | ("d", true, _) | ("i", _, true) => ok.push(t),
+            _ => {
+                let q = quote_table(&t);
+                not.push((
+                    t,
+                    format!("to capture it, add a primary key or run ALTER TABLE {q} REPLICA IDENTITY FULL, then `tidemark reset --drop-slot --yes` and run again for a snapshot that includes it"),
+                ));
+            }
+        }
+    }
+    Ok((ok, not))
+}
+
+/// Creates the publication `FOR TABLE tables` when missing, or sets its table list when it
+/// differs. Never creates a `FOR ALL TABLES` publication: it would make PostgreSQL refuse the
+/// application's UPDATE/DELETE on every table without a replica identity. One made by an earlier
+/// version is kept for a pipeline without a table list (`listed` false), with a warning.
 pub async fn ensure_publication(
     client: &Client,
     publication: &str,
     tables: &[TableId],
+    listed: bool,
 ) -> Result<()> {
     let row = client
         .query_opt(
@@ -142,12 +309,7 @@ pub async fn ensure_publication(
         {
             Error::config(format!(
                 "{msg}. Create the publication as the tables' owner or a superuser: \
-                 CREATE PUBLICATION {pubq} FOR {}",
-                if tables.is_empty() {
-                    "ALL TABLES".to_string()
-                } else {
-                    format!("TABLE {list}")
-                }
+                 CREATE PUBLICATION {pubq} FOR TABLE {list}"
             ))
         } else {
             base
@@ -155,22 +317,30 @@ pub async fn ensure_publication(
     };
     match row {
         None => {
-            let sql = if tables.is_empty() {
-                format!("create publication {pubq} for all tables")
+            if tables.is_empty() {
+                return Err(Error::config("no table to capture: list source.tables"));
+            }
+            // 18+: stored generated columns are published too, like the snapshot copies them.
+            // (Without it, PostgreSQL 18 refuses UPDATEs on a REPLICA IDENTITY FULL table with
+            // one: its identity would contain unpublished columns.)
+            let with = if server_version(client).await? >= 180_000 {
+                " with (publish_generated_columns = stored)"
             } else {
-                format!("create publication {pubq} for table {list}")
+                ""
             };
+            let sql = format!("create publication {pubq} for table {list}{with}");
             client.batch_execute(&sql).await.map_err(privilege_hint)?;
-            tracing::info!(publication, "created publication");
+            tracing::info!(publication, tables = tables.len(), "created publication");
         }
         Some(r) => {
             let all: bool = r.get(0);
-            if tables.is_empty() {
-                if !all {
-                    return Err(Error::config(format!(
-                        "publication {publication} exists without FOR ALL TABLES but no tables are configured: list source.tables"
-                    )));
-                }
+            if all && !listed {
+                tracing::warn!(
+                    publication,
+                    "publication is FOR ALL TABLES (made by an earlier tidemark): PostgreSQL refuses UPDATE and DELETE \
+                     on every table without a replica identity while it exists. `tidemark reset --drop-slot --yes` and \
+                     run again: the new publication lists only the tables that have one"
+                );
                 return Ok(());
             }
             let mut have = publication_tables(client, publication).await?;
@@ -189,8 +359,32 @@ pub async fn ensure_publication(
                     .map_err(privilege_hint)?;
                 tracing::info!(publication, "updated publication tables");
             }
+            publish_generated_columns(client, publication)
+                .await
+                .map_err(|e| Error::config(format!("{e}. Run as the publication's owner: ALTER PUBLICATION {pubq} SET (publish_generated_columns = stored)")))?;
         }
     }
+    Ok(())
+}
+
+/// PostgreSQL 18+: makes an existing publication publish stored generated columns (made by
+/// an earlier tidemark, or by hand), which also lifts 18's refusal of UPDATEs on
+/// `REPLICA IDENTITY FULL` tables with such a column. The stream then carries those columns
+/// from here on (a new column for the output, as after an ALTER TABLE).
+pub async fn publish_generated_columns(client: &Client, publication: &str) -> Result<()> {
+    if server_version(client).await? < 180_000 || publishes_generated(client, publication).await? {
+        return Ok(());
+    }
+    client
+        .batch_execute(&format!(
+            "alter publication {} set (publish_generated_columns = stored)",
+            quote_ident(publication)
+        ))
+        .await?;
+    tracing::info!(
+        publication,
+        "publication now publishes stored generated columns"
+    );
     Ok(())
 }
 

@@ -113,6 +113,8 @@ pub async fn run(
     }
 
     let mut tables = tables.to_vec();
+    // Without a table list, a table without a replica identity is left out (not an error).
+    let listed = !tables.is_empty();
     if tables.is_empty() {
         tables = catalog::publication_tables(client, publication).await?;
     }
@@ -130,7 +132,21 @@ pub async fn run(
             .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
             .collect();
     }
+    let version = catalog::server_version(client).await?;
+    let pub_exists = client
+        .query_opt(
+            "select 1 from pg_publication where pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .is_some();
+    let gencols = catalog::publishes_generated(client, publication).await?;
     for t in &tables {
+        if let Some(f) =
+            generated_columns_finding(client, t, publication, version, pub_exists, gencols).await?
+        {
+            out.push(f);
+        }
         let row = client
             .query_opt(
                 "select c.relreplident::text, exists(select 1 from pg_index i where i.indrelid = c.oid and i.indisprimary), \
@@ -158,6 +174,11 @@ pub async fn run(
             ));
         }
         match (ident.as_str(), has_pk) {
+            ("n", _) | ("d", false) if !listed => out.push(Finding::new(
+                "replica_identity",
+                Level::Warning,
+                format!("{t} has no replica identity, so it is not captured (publishing it would make PostgreSQL refuse the application's UPDATE/DELETE on it); to capture it, add a primary key or run ALTER TABLE {q} REPLICA IDENTITY FULL"),
+            )),
             ("n", _) => out.push(Finding::new(
                 "replica_identity",
                 Level::Error,
@@ -177,4 +198,66 @@ pub async fn run(
         }
     }
     Ok(out)
+}
+
+/// Stored generated columns (issue 11 item 2): before PostgreSQL 18 pgoutput never sends them,
+/// so the output leaves them out (snapshot included); on 18 the publication must publish them
+/// (`publish_generated_columns = stored`), or PostgreSQL refuses the application's UPDATEs on a
+/// `REPLICA IDENTITY FULL` table that has one while it is published.
+async fn generated_columns_finding(
+    client: &Client,
+    t: &TableId,
+    publication: &str,
+    version: i32,
+    pub_exists: bool,
+    gencols: bool,
+) -> Result<Option<Finding>> {
+    let row = client
+        .query_opt(
+            "select c.relreplident::text, array(select a.attname::text from pg_attribute a \
+               where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped and a.attgenerated = 's' order by a.attnum) \
+             from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = $1 and c.relname = $2",
+            &[&t.schema, &t.name],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let (ident, cols): (String, Vec<String>) = (row.get(0), row.get(1));
+    if cols.is_empty() {
+        return Ok(None);
+    }
+    let cols = cols.join(", ");
+    let q = catalog::quote_ident(publication);
+    Ok(Some(if version < 180_000 {
+        Finding::new(
+            "generated_columns",
+            Level::Warning,
+            format!(
+                "{t}: stored generated column(s) {cols} are not captured: PostgreSQL before 18 never streams them, so the snapshot leaves them out too (PostgreSQL 18 can publish them)"
+            ),
+        )
+    } else if gencols || !pub_exists {
+        Finding::new(
+            "generated_columns",
+            Level::Ok,
+            format!(
+                "{t}: stored generated column(s) {cols} are captured (publish_generated_columns = stored)"
+            ),
+        )
+    } else if ident == "f" {
+        Finding::new(
+            "generated_columns",
+            Level::Error,
+            format!(
+                "{t} is REPLICA IDENTITY FULL with stored generated column(s) {cols}, and publication {publication} does not publish them: PostgreSQL 18 refuses UPDATEs on it while it is published. Run ALTER PUBLICATION {q} SET (publish_generated_columns = stored) (tidemark run does it)"
+            ),
+        )
+    } else {
+        Finding::new(
+            "generated_columns",
+            Level::Warning,
+            format!(
+                "{t}: stored generated column(s) {cols} are not published by {publication}: run ALTER PUBLICATION {q} SET (publish_generated_columns = stored) (tidemark run does it) so that the stream carries them like the snapshot"
+            ),
+        )
+    }))
 }

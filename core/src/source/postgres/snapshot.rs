@@ -34,6 +34,8 @@ pub async fn import(client: &Client, snapshot_name: &str) -> Result<()> {
 /// One COPY of a table range into part objects.
 pub struct CopyRange<'a> {
     pub schema: &'a SchemaRef,
+    /// The source names of `schema`'s columns, in order: what the stream publishes.
+    pub columns: &'a [String],
     pub plan: &'a KeyPlan,
     /// Only rows whose integer key is above this (keyset pagination).
     pub after: Option<i64>,
@@ -70,9 +72,18 @@ pub async fn copy_range(
 ) -> Result<Copied> {
     let schema = r.schema;
     let table = &schema.id;
-    // `*` is the schema's column order (attnum); names may differ from the source's
-    // (TableSchema::with_output_names), so they are not spelled out.
-    let mut sql = format!("copy (select * from {}", catalog::quote_table(table));
+    // The published columns by their source names (output names may differ, see
+    // TableSchema::with_output_names), in the schema's order.
+    let columns = r
+        .columns
+        .iter()
+        .map(|c| catalog::quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sql = format!(
+        "copy (select {columns} from {}",
+        catalog::quote_table(table)
+    );
     if let KeyPlan::Integer { column, .. } = r.plan {
         let key = catalog::quote_ident(column);
         if let Some(after) = r.after {

@@ -337,7 +337,13 @@ impl Reader {
                 let old_image = match &old {
                     // 'K': sent only when the key changed.
                     Some(OldTuple::Key(t)) => Some(decode_tuple(rel, t, None, TupleRole::OldKey)?),
-                    Some(OldTuple::Full(t)) if key_changed(rel, t, &new) => {
+                    // A table without a primary key (REPLICA IDENTITY FULL): the old image is
+                    // the only way to say which row changed, so every UPDATE writes it as a
+                    // `D` before the new image's `U`; replaying the output then rebuilds the
+                    // table as a multiset.
+                    Some(OldTuple::Full(t))
+                        if rel.key_idx.is_empty() || key_changed(rel, t, &new) =>
+                    {
                         Some(decode_tuple(rel, t, None, TupleRole::OldFull)?)
                     }
                     _ => None,
