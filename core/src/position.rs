@@ -71,7 +71,9 @@ pub struct PgPosition {
     pub commit_lsn: Lsn,
     pub rows: u64,
     /// The LSN that may be acknowledged to the server: the end of the last whole durable
-    /// transaction, or a keepalive's WAL end while nothing was buffered. Not part of the order.
+    /// transaction, or a keepalive's WAL end while nothing was buffered (saved before it is
+    /// acknowledged). Last in the derived order: saving a later idle acknowledgement moves the
+    /// position forward.
     #[serde(default)]
     pub ack_lsn: Lsn,
 }

@@ -578,7 +578,7 @@ async fn without_a_table_list_the_application_keeps_its_updates() {
     .unwrap();
 
     let run = s.spawn_run(&[], &["--flush-interval-ms", "200"]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    harness::wait_streaming(&s, Duration::from_secs(60));
     // The application's writes on the key-less table succeed while the pipeline runs.
     app.batch_execute(
         "update keyless set x = 2; delete from keyless; update keyed set v = 1; update full_ident set x = 2;",
@@ -827,4 +827,36 @@ async fn generated_columns_and_column_lists_on_postgres_18() {
         true,
     )
     .await;
+}
+
+/// A listed partitioned table is captured through its partitions, and a restart is not taken
+/// for an added table (the checkpoint records the partitions the stream names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_partitioned_table_restarts_and_streams() {
+    let c = harness::sql().await;
+    let s = Scenario::new("parts");
+    let t = format!("pt_{}", s.name);
+    c.batch_execute(&format!(
+        "create table {t} (id int primary key, v text) partition by range (id); \
+         create table {t}_a partition of {t} for values from (0) to (100); \
+         create table {t}_b partition of {t} for values from (100) to (200); \
+         insert into {t} values (1, 'a'), (150, 'b');"
+    ))
+    .await
+    .unwrap();
+    let q = format!("public.{t}");
+    s.run_until_caught_up(&[&q]);
+    c.batch_execute(&format!("insert into {t} values (2, 'a'), (151, 'b')"))
+        .await
+        .unwrap();
+    s.run_until_caught_up(&[&q]);
+    let ids = |part: &str| -> Vec<i64> {
+        s.output_rows(&format!("public.{t}_{part}"), "id::bigint as id")
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids("a"), [1, 2]);
+    assert_eq!(ids("b"), [150, 151]);
+    s.cleanup(&c).await;
 }

@@ -532,3 +532,23 @@ impl Scenario {
         )
     }
 }
+
+/// Waits until the scenario's worker reports STREAMING in its status file; panics after `limit`.
+pub fn wait_streaming(s: &Scenario, limit: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let out = s
+            .command("health", &[], &[])
+            .env("TIDEMARK_LOG", "warn")
+            .output()
+            .expect("tidemark health");
+        if String::from_utf8_lossy(&out.stdout).contains("Streaming") {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the worker did not reach STREAMING within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

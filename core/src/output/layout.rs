@@ -129,12 +129,12 @@ pub fn date_partition(commit_ts_micros: i64) -> String {
     }
 }
 
-/// Percent-encodes everything but `[A-Za-z0-9_.-]` so that any identifier is one safe key segment.
 /// [`escape`] for a schema or table name: dots are escaped too.
 fn escape_name(s: &str) -> String {
     escape(s).replace('.', "%2E")
 }
 
+/// Percent-encodes everything but `[A-Za-z0-9_.-]` so that any identifier is one safe key segment.
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

@@ -416,19 +416,22 @@ impl Pipeline {
     }
 
     /// Keeps the status file fresh while a table is copied (issue 11 item 8): it is rewritten
-    /// every second for as long as rows keep arriving, so a health check sees a long copy as
-    /// alive while a copy that stopped moving goes stale like a hung worker. Stops on drop.
+    /// every second while rows keep arriving (within [`COPY_STALL`]), so a health check sees a
+    /// long copy as alive while a copy that stopped moving goes stale like a hung worker.
+    /// Stops on drop.
     pub(crate) fn copy_heartbeat(&self, bar: &indicatif::ProgressBar) -> Option<CopyHeartbeat> {
         let mut status = self.status.clone()?;
         let bar = bar.clone();
         Some(CopyHeartbeat(tokio::spawn(async move {
             let mut tick = tokio::time::interval(COPY_HEARTBEAT);
-            let mut seen = bar.position();
+            let (mut seen, mut moved) = (bar.position(), Instant::now());
             loop {
                 tick.tick().await;
                 let now = bar.position();
                 if now != seen {
-                    seen = now;
+                    (seen, moved) = (now, Instant::now());
+                }
+                if moved.elapsed() < COPY_STALL {
                     status.touch();
                 }
             }
@@ -452,6 +455,9 @@ impl Pipeline {
 
 /// How often a table copy that is making progress refreshes the status file.
 const COPY_HEARTBEAT: Duration = Duration::from_secs(1);
+/// A copy whose row count has not moved for this long stops refreshing it (encoding and
+/// writing a part pauses the count for a while; a hung copy then goes stale).
+const COPY_STALL: Duration = Duration::from_secs(60);
 
 /// The status-file refresher of one table copy; aborted when dropped.
 pub(crate) struct CopyHeartbeat(tokio::task::JoinHandle<()>);

@@ -89,15 +89,23 @@ impl Pipeline {
         let (capture, databases, tables) = capture_of(&resolved, &src.database);
         let set = recorded_set(&tables, &databases);
         if cp.position.is_some() && self.config.source.snapshot {
-            let now = if names.is_empty() {
-                TableSet::Discovered(set.clone())
-            } else {
-                TableSet::Listed(set.clone())
-            };
-            // Checkpoints from before the set was recorded take the current one.
-            capture::reconcile(&self.config.pipeline, cp.tables.as_deref(), now, |t| {
-                Dialect::Mysql.quote_table(t)
-            })?;
+            // The binlog carries every table of a captured database, so a whole database is
+            // "listed" too: switching to it (or to another database) adds tables. Checkpoints
+            // from before the set was recorded take the current one.
+            capture::reconcile(
+                &self.config.pipeline,
+                cp.tables.as_deref(),
+                TableSet::Listed(set.clone()),
+                |t| match t.name.as_str() {
+                    capture::WHOLE_DATABASE => {
+                        format!(
+                            "{}.* (every table of the database)",
+                            Dialect::Mysql.quote_ident(&t.schema)
+                        )
+                    }
+                    _ => Dialect::Mysql.quote_table(t),
+                },
+            )?;
         }
         if cp.position.is_some() && cp.tables.as_ref() != Some(&set) {
             let mut next = cp.next();
@@ -328,7 +336,7 @@ impl Pipeline {
             last_key: None,
         });
         let bar = snapshot::table_progress(conn, table, progress.rows_done, self.progress).await?;
-        let _heartbeat = self.copy_heartbeat(&bar);
+        let heartbeat = self.copy_heartbeat(&bar);
         loop {
             let chunked = matches!(plan, KeyPlan::Integer { .. });
             let range = ChunkRange {
@@ -361,6 +369,7 @@ impl Pipeline {
                 break;
             }
         }
+        drop(heartbeat);
         self.table_copied(&bar, &progress);
         Ok(Some(cp))
     }

@@ -87,15 +87,17 @@ impl Pipeline {
         check::require_logical_wal(&sql).await?;
         let (slot, publication) = slot_names(&self.config, Some(&cp));
         cp = self.bind_slot(&sql, cp, &slot, &publication).await?;
-        let tables = self.capture_set(&sql, &cp, &publication).await?;
-        let listed = !self.config.source.tables.is_empty();
-        catalog::ensure_publication(&sql, &publication, &tables, listed).await?;
-        if cp.position.is_some() && cp.tables.as_ref() != Some(&tables) {
+        let (publish, captured) = self.capture_set(&sql, &cp, &publication).await?;
+        // The captured set is saved before the publication changes: a table removed from it
+        // and added back later is then refused, even after a crash in between.
+        if cp.position.is_some() && cp.tables.as_ref() != Some(&captured) {
             let mut next = cp.next();
-            next.tables = Some(tables);
+            next.tables = Some(captured.clone());
             self.store.save(cp.expected(), &next, None).await?;
             cp = next;
         }
+        let listed = !self.config.source.tables.is_empty();
+        catalog::ensure_publication(&sql, &publication, &publish, listed).await?;
         let mut repl = ReplicationClient::connect(&pg, "tidemark").await?;
 
         if cp.position.is_none() {
@@ -136,7 +138,8 @@ impl Pipeline {
             .start_replication(&slot, durable.ack_lsn, &publication, 1)
             .await?;
         let acked = Acked::new(durable.ack_lsn);
-        let mut handle = stream::spawn(stream, sql, acked.clone(), STATUS_INTERVAL);
+        let only = cp.tables.clone().unwrap_or(captured).into_iter().collect();
+        let mut handle = stream::spawn(stream, sql, acked.clone(), STATUS_INTERVAL, Some(only));
         self.set_state(PipelineState::Streaming);
         tracing::info!(pipeline = %self.config.pipeline, position = %durable, slot, "streaming");
 
@@ -233,7 +236,14 @@ impl Pipeline {
             .as_ref()
             .and_then(|i| i.confirmed_flush.as_deref())
             .and_then(|l| l.parse::<Lsn>().ok());
-        if let (Some(rec), Some(confirmed)) = (&cp.slot, confirmed) {
+        // A slot whose creation point was never saved (a crash right after creating it) is
+        // this pipeline's; with no position yet, the snapshot starts over on it.
+        let pending = cp
+            .slot
+            .as_ref()
+            .is_some_and(|r| r.consistent_point == Lsn::ZERO)
+            && cp.position.is_none();
+        if let (Some(rec), Some(confirmed), false) = (&cp.slot, confirmed, pending) {
             // This pipeline only ever confirms what its checkpoint holds (idle acknowledgements
             // are saved first), and the slot confirms nothing before its creation point.
             let limit = durable_ack.unwrap_or(rec.consistent_point);
@@ -271,14 +281,17 @@ impl Pipeline {
     /// The tables to capture (issue 11 items 3-5): the configured names resolved as SQL reads
     /// them, or without a list every table with a replica identity (the others are named with
     /// their fix and left out, so the application's UPDATE/DELETE on them keep working); then
-    /// reconciled with the tables the snapshot covered.
+    /// reconciled with the tables the snapshot covered. Returns what the publication lists and
+    /// the captured tables as the stream names them (a listed partitioned table's partitions,
+    /// unless the publication publishes via the root).
     async fn capture_set(
         &self,
         sql: &tokio_postgres::Client,
         cp: &Checkpoint,
         publication: &str,
-    ) -> Result<Vec<TableId>> {
+    ) -> Result<(Vec<TableId>, Vec<TableId>)> {
         let names = self.config.table_names()?;
+        let mut publish = None;
         let now = if names.is_empty() {
             let (ok, without) = catalog::capturable_tables(sql).await?;
             for (t, fix) in &without {
@@ -290,7 +303,10 @@ impl Pipeline {
             }
             TableSet::Discovered(ok)
         } else {
-            TableSet::Listed(catalog::resolve_tables(sql, &names).await?)
+            let resolved = catalog::resolve_tables(sql, &names).await?;
+            let leaves = catalog::streamed_tables(sql, &resolved, publication).await?;
+            publish = Some(resolved);
+            TableSet::Listed(leaves)
         };
         let recorded = match (&cp.tables, &cp.position) {
             _ if !self.config.source.snapshot => None,
@@ -308,7 +324,7 @@ impl Pipeline {
                  REPLICA IDENTITY FULL (`tidemark check` lists them)",
             ));
         }
-        Ok(tables)
+        Ok((publish.unwrap_or_else(|| tables.clone()), tables))
     }
 
     /// Takes the initial snapshot, or resumes an interrupted one, and returns the checkpoint
@@ -363,6 +379,18 @@ impl Pipeline {
                         self.delete_parts(layout, t, &old.snapshot_id, 0).await?;
                     }
                 }
+                // Recorded before the slot exists (its point unknown): after a crash between
+                // creating it and saving its point, the next run knows the slot is this
+                // pipeline's and starts over here.
+                let mut pending = cp.next();
+                pending.slot = Some(SlotRecord {
+                    name: slot.to_string(),
+                    publication: publication.to_string(),
+                    consistent_point: Lsn::ZERO,
+                });
+                pending.snapshot = None;
+                self.store.save(cp.expected(), &pending, None).await?;
+                let cp = pending;
                 if slot_now.is_some() {
                     repl.drop_slot(slot).await?;
                 }
@@ -519,7 +547,7 @@ impl Pipeline {
             last_key: None,
         });
         let bar = snapshot::table_progress(sql, table, progress.rows_done, self.progress).await?;
-        let _heartbeat = self.copy_heartbeat(&bar);
+        let heartbeat = self.copy_heartbeat(&bar);
         loop {
             let chunked = matches!(plan, KeyPlan::Integer { .. });
             let range = CopyRange {
@@ -550,6 +578,7 @@ impl Pipeline {
                 break;
             }
         }
+        drop(heartbeat);
         self.table_copied(&bar, &progress);
         Ok(Some(cp))
     }

@@ -98,7 +98,10 @@ impl StatusFile {
         let res = serde_json::to_vec_pretty(&self.report)
             .map_err(std::io::Error::other)
             .and_then(|b| {
-                let tmp = self.path.with_extension("json.tmp");
+                // Per write: a copy's heartbeat writes from another task.
+                let tmp = self
+                    .path
+                    .with_extension(format!("json.{:08x}.tmp", fastrand::u32(..)));
                 std::fs::write(&tmp, b)?;
                 std::fs::rename(&tmp, &self.path)
             });

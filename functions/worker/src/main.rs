@@ -1068,6 +1068,16 @@ async fn reset(cfg: &Config, drop_slot: bool, yes: bool) -> anyhow::Result<ExitC
             }
         );
     }
+    if !drop_slot && !cfg.is_mysql() {
+        let (slot, _) = tidemark_core::pipeline::postgres::slot_names(cfg, cp.as_ref());
+        let (next, _) = tidemark_core::pipeline::postgres::slot_names(cfg, None);
+        if slot != next {
+            println!(
+                "note: replication slot {slot} is kept, but the next run creates {next} (the default name changed); \
+                 drop {slot} or it holds WAL: SELECT pg_drop_replication_slot('{slot}')"
+            );
+        }
+    }
     println!("pipeline {} reset", cfg.pipeline);
     Ok(ExitCode::SUCCESS)
 }

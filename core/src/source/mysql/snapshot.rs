@@ -37,22 +37,38 @@ const XA_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 /// The XA transactions prepared but not committed, as `XA COMMIT` takes their ids; empty when
 /// the server does not let this user list them (a warning says what is missing).
 async fn prepared_xa(conn: &mut Conn) -> Result<Vec<String>> {
-    let rows: Vec<mysql_async::Row> = match conn.query("XA RECOVER FORMAT='SQL'").await {
-        Ok(r) => r,
+    let (rows, sql_format): (Vec<mysql_async::Row>, bool) = match conn
+        .query("XA RECOVER FORMAT='SQL'")
+        .await
+    {
+        Ok(r) => (r, true),
         // MySQL: no FORMAT='SQL', or XA_RECOVER_ADMIN missing.
         Err(_) => match conn.query("XA RECOVER").await {
-            Ok(r) => r,
+            Ok(r) => (r, false),
             Err(e) => {
                 tracing::warn!(error = %Error::from(e), "cannot list prepared XA transactions (XA RECOVER): one prepared before the snapshot and committed after it would be missing; grant XA_RECOVER_ADMIN (MySQL) to check");
                 return Ok(Vec::new());
             }
         },
     };
+    // `data` is the id as XA COMMIT takes it with FORMAT='SQL' (MariaDB); otherwise gtrid and
+    // bqual run together, split by their lengths.
     Ok(rows
         .iter()
         .map(|r| {
-            let v: Option<Vec<u8>> = r.get(3);
-            String::from_utf8_lossy(&v.unwrap_or_default()).into_owned()
+            let data: Option<Vec<u8>> = r.get(3);
+            let data = data.unwrap_or_default();
+            if sql_format {
+                return String::from_utf8_lossy(&data).into_owned();
+            }
+            let (g, b): (Option<u64>, Option<u64>) = (r.get(1), r.get(2));
+            let g = usize::try_from(g.unwrap_or(0)).unwrap_or(0).min(data.len());
+            let b = usize::try_from(b.unwrap_or(0))
+                .unwrap_or(0)
+                .min(data.len() - g);
+            let (gtrid, rest) = data.split_at(g);
+            let hex = |x: &[u8]| x.iter().map(|b| format!("{b:02X}")).collect::<String>();
+            format!("X'{}',X'{}'", hex(gtrid), hex(&rest[..b]))
         })
         .collect())
 }
@@ -69,26 +85,26 @@ pub async fn open(src: &MySource, mariadb: bool) -> Result<Snapshot> {
     let deadline = std::time::Instant::now() + XA_WAIT;
     let mut warned = false;
     loop {
-        let before = prepared_xa(&mut check).await?;
-        if before.is_empty() {
+        let mut prepared = prepared_xa(&mut check).await?;
+        if prepared.is_empty() {
             let snapshot = open_consistent(src, mariadb).await?;
-            if prepared_xa(&mut check).await?.is_empty() {
+            prepared = prepared_xa(&mut check).await?;
+            if prepared.is_empty() {
                 return Ok(snapshot);
             }
             // One was prepared while the snapshot opened: drop it, wait, open another.
-            continue;
         }
         if std::time::Instant::now() >= deadline {
             return Err(Error::config(format!(
                 "{} prepared XA transaction(s) not committed ({}): a snapshot now would miss their rows (prepared \
                  before it, invisible to it). Commit or roll them back (XA COMMIT / XA ROLLBACK with these ids), \
                  then run again",
-                before.len(),
-                before.join(", ")
+                prepared.len(),
+                prepared.join("; ")
             )));
         }
         if !warned {
-            tracing::warn!(xa = %before.join(", "), "waiting for prepared XA transactions to commit or roll back before the snapshot");
+            tracing::warn!(xa = %prepared.join("; "), "waiting for prepared XA transactions to commit or roll back before the snapshot");
             warned = true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;

@@ -242,6 +242,49 @@ pub async fn resolve_tables(client: &Client, names: &[TableName]) -> Result<Vec<
     Ok(out)
 }
 
+/// The tables whose changes the stream carries for `tables` through `publication`: a
+/// partitioned table's leaf partitions (as `pg_publication_tables` and pgoutput name them),
+/// unless the publication exists and publishes via the partition root; other tables as they are.
+pub async fn streamed_tables(
+    client: &Client,
+    tables: &[TableId],
+    publication: &str,
+) -> Result<Vec<TableId>> {
+    let via_root = client
+        .query_opt(
+            "select pubviaroot from pg_publication where pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .is_some_and(|r| r.get::<_, bool>(0));
+    if via_root {
+        return Ok(tables.to_vec());
+    }
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        let rows = client
+            .query(
+                "select n.nspname::text, c.relname::text from pg_partition_tree( \
+                   (select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+                    where n.nspname = $1 and c.relname = $2)::regclass) p \
+                 join pg_class c on c.oid = p.relid join pg_namespace n on n.oid = c.relnamespace \
+                 where p.isleaf and c.relkind = 'r' order by 1, 2",
+                &[&t.schema, &t.name],
+            )
+            .await?;
+        if rows.is_empty() {
+            out.push(t.clone());
+        }
+        out.extend(
+            rows.iter()
+                .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1))),
+        );
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Every table a pipeline without a table list captures: permanent tables outside the system
 /// schemas (partitions as themselves, as `FOR ALL TABLES` would), split into those with a
 /// replica identity (a primary key, `REPLICA IDENTITY FULL` or `USING INDEX`) and the others,

@@ -7,7 +7,7 @@
 //!   channel is full, so a slow flush never lets `wal_sender_timeout` expire.
 //! - The flush LSN reported is only ever what the pipeline stored in [`Acked`]: durable output.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -96,11 +96,14 @@ impl StreamHandle {
 
 /// Starts the stream task. `client` is an ordinary SQL session used for catalog look-ups when a
 /// Relation message arrives.
+/// `only`: the captured tables; changes to any other table the publication sends (one made
+/// `FOR ALL TABLES` by an earlier version) are dropped here.
 pub fn spawn(
     stream: ReplicationStream,
     client: Client,
     acked: Acked,
     status_interval: Duration,
+    only: Option<HashSet<TableId>>,
 ) -> StreamHandle {
     let (tx, rx) = mpsc::channel(4096);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -112,6 +115,7 @@ pub fn spawn(
                 client,
                 acked,
                 relations: HashMap::new(),
+                only,
                 tx,
                 shutdown: shutdown_rx,
                 status: tokio::time::interval(status_interval),
@@ -144,6 +148,8 @@ pub fn spawn(
 }
 
 struct Relation {
+    /// Whether its changes are captured (see `spawn`'s `only`).
+    captured: bool,
     schema: SchemaRef,
     types: Vec<ColumnType>,
     /// Index of each real primary-key column.
@@ -155,6 +161,7 @@ struct Reader {
     client: Client,
     acked: Acked,
     relations: HashMap<u32, Relation>,
+    only: Option<HashSet<TableId>>,
     tx: mpsc::Sender<Result<PgEvent>>,
     shutdown: watch::Receiver<bool>,
     status: tokio::time::Interval,
@@ -306,9 +313,11 @@ impl Reader {
                     .filter(|(_, c)| c.key)
                     .map(|(i, _)| i)
                     .collect();
+                let captured = self.only.as_ref().is_none_or(|o| o.contains(&schema.id));
                 self.relations.insert(
                     id,
                     Relation {
+                        captured,
                         schema,
                         types,
                         key_idx,
@@ -318,6 +327,9 @@ impl Reader {
             }
             PgOutputMessage::Insert { relation, new } => {
                 let rel = self.relation(relation)?;
+                if !rel.captured {
+                    return Ok(Flow::Continue);
+                }
                 let values = decode_tuple(rel, &new, None, TupleRole::New)?;
                 let schema = rel.schema.clone();
                 self.emit(PgEvent::Row {
@@ -329,6 +341,9 @@ impl Reader {
             }
             PgOutputMessage::Update { relation, old, new } => {
                 let rel = self.relation(relation)?;
+                if !rel.captured {
+                    return Ok(Flow::Continue);
+                }
                 let old_full = match &old {
                     Some(OldTuple::Full(t)) => Some(t.as_slice()),
                     _ => None,
@@ -368,6 +383,9 @@ impl Reader {
             }
             PgOutputMessage::Delete { relation, old } => {
                 let rel = self.relation(relation)?;
+                if !rel.captured {
+                    return Ok(Flow::Continue);
+                }
                 let values = match &old {
                     OldTuple::Key(t) => decode_tuple(rel, t, None, TupleRole::OldKey)?,
                     OldTuple::Full(t) => decode_tuple(rel, t, None, TupleRole::OldFull)?,
@@ -383,7 +401,13 @@ impl Reader {
             PgOutputMessage::Truncate { relations, .. } => {
                 let mut schemas = Vec::with_capacity(relations.len());
                 for r in relations {
-                    schemas.push(self.relation(r)?.schema.clone());
+                    let rel = self.relation(r)?;
+                    if rel.captured {
+                        schemas.push(rel.schema.clone());
+                    }
+                }
+                if schemas.is_empty() {
+                    return Ok(Flow::Continue);
                 }
                 self.emit(PgEvent::Truncate { schemas }).await
             }
