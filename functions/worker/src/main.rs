@@ -923,11 +923,25 @@ async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {
         let store = store::open(cfg.positions.url.as_deref(), false).await?;
         let cp = store.load(&cfg.pipeline).await?;
         let (slot, publication) = tidemark_core::pipeline::postgres::slot_names(cfg, cp.as_ref());
-        let tables = match cfg.table_names()? {
-            names if names.is_empty() => Vec::new(),
-            names => catalog::resolve_tables(&client, &names).await?,
-        };
-        check::run(&client, &slot, &publication, &tables).await?
+        // Each listed name resolved on its own: one that does not exist is a finding.
+        let names = cfg.table_names()?;
+        let mut tables = Vec::new();
+        let mut missing = Vec::new();
+        for n in &names {
+            match catalog::resolve_tables(&client, std::slice::from_ref(n)).await {
+                Ok(t) => tables.extend(t),
+                Err(e) if e.kind() == ErrorKind::Config => missing.push(check::Finding::new(
+                    "table",
+                    check::Level::Error,
+                    e.one_line(),
+                )),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let listed = (!names.is_empty()).then_some(tables.as_slice());
+        let mut findings = check::run(&client, &slot, &publication, listed).await?;
+        findings.extend(missing);
+        findings
     };
     let mut failed = false;
     for f in &findings {

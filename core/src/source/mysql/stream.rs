@@ -264,9 +264,17 @@ impl Reader {
         }
         let (resume, gtid) = match self.xa_open.values().map(|(b, _)| b).min() {
             Some(oldest) => (oldest.clone(), None),
-            None => (end, self.have_gtid.then(|| self.state.to_string())),
+            None => (end.clone(), self.have_gtid.then(|| self.state.to_string())),
         };
-        self.send(MyEvent::Commit { resume, gtid }).await
+        let held = resume != end;
+        self.send(MyEvent::Commit { resume, gtid }).await?;
+        if held {
+            // The resume point stays at an open XA transaction, but everything before `end`
+            // was sent: without this, `--until-caught-up` under steady traffic (no
+            // heartbeats) would wait for that XA transaction for ever.
+            self.send(MyEvent::Heartbeat { at: end }).await?;
+        }
+        Ok(())
     }
 
     async fn on_event(&mut self, ev: &mysql_common::binlog::events::Event) -> Result<()> {

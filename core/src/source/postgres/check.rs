@@ -24,13 +24,13 @@ fn wal_level_fix(level: &str) -> String {
     )
 }
 
-/// Runs every check. `tables` empty means every table of the publication (or of the database
-/// when the publication does not exist yet).
+/// Runs every check. `tables`: the listed tables (resolved); `None` means every table of the
+/// publication (or of the database when the publication does not exist yet).
 pub async fn run(
     client: &Client,
     slot: &str,
     publication: &str,
-    tables: &[TableId],
+    tables: Option<&[TableId]>,
 ) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
 
@@ -112,13 +112,13 @@ pub async fn run(
         ));
     }
 
-    let mut tables = tables.to_vec();
     // Without a table list, a table without a replica identity is left out (not an error).
-    let listed = !tables.is_empty();
-    if tables.is_empty() {
+    let listed = tables.is_some();
+    let mut tables = tables.map(<[TableId]>::to_vec).unwrap_or_default();
+    if !listed {
         tables = catalog::publication_tables(client, publication).await?;
     }
-    if tables.is_empty() {
+    if !listed && tables.is_empty() {
         let rows = client
             .query(
                 "select n.nspname::text, c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace \
