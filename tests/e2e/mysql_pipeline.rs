@@ -987,3 +987,67 @@ async fn until_caught_up_ends_with_a_prepared_xa_under_steady_traffic() {
     );
     my::drop_tables(&[&t, &other]).await;
 }
+
+/// Issue 12 item 2 on the stack's Oracle MySQL 9.7: `check` reads its settings (no
+/// information_schema.GLOBAL_VARIABLES there) and passes; `run` snapshots, streams, restarts by
+/// file:pos and the output equals the table; `status` and `reset` work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oracle_mysql_check_snapshot_stream_restart_status_reset() {
+    let mut c = my::oracle().await;
+    let s = Scenario::oracle_mysql("oracle");
+    let table = format!("t_{}", s.name);
+    my::versioned_table_portable(&mut c, &table, 2_000).await;
+    let qualified = format!("app.{table}");
+    let sid = server_id();
+    let out = s
+        .command("check", &[&qualified], &["--server-id", &sid])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "ok    binlog_format",
+        "ok    binlog_row_image",
+        "ok    binlog_row_metadata",
+        "REPLICATION CLIENT granted",
+    ] {
+        assert!(report.contains(want), "{want}: {report}");
+    }
+
+    let args = ["--flush-interval-ms", "200", "--server-id", &sid];
+    s.run_caught_up_with(&[&qualified], &args);
+    exec(
+        &mut c,
+        &format!(
+            "UPDATE {table} SET v = v + 1 WHERE id <= 10; DELETE FROM {table} WHERE id = 20; \
+             INSERT INTO {table} VALUES (5000, 0, 'new');"
+        ),
+    )
+    .await;
+    let out = s.run_caught_up_with(&[&qualified], &args);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("\"by\":\"file:pos\""), "{log}");
+    exec(
+        &mut c,
+        &format!("UPDATE {table} SET v = v + 1 WHERE id <= 5"),
+    )
+    .await;
+    s.run_caught_up_with(&[&qualified], &args);
+    let checked = assert_exactly_once_against(&s, &qualified, &versions(&mut c, &table).await);
+    assert!(checked > 2_000, "{checked}");
+
+    let status = s.status_json();
+    assert_eq!(status["state"], "STOPPED", "{status}");
+    let out = s.command("reset", &[], &["--yes"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.status_json()["state"], "NEW");
+    exec(&mut c, &format!("DROP TABLE {table}")).await;
+}

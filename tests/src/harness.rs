@@ -110,6 +110,14 @@ impl Scenario {
         }
     }
 
+    /// A scenario reading the stack's Oracle MySQL.
+    pub fn oracle_mysql(prefix: &str) -> Self {
+        Scenario {
+            source: Some(env("TIDEMARK_MYSQL_URL")),
+            ..Self::new(prefix)
+        }
+    }
+
     /// A scenario reading the stack's MariaDB.
     pub fn mysql(prefix: &str) -> Self {
         Scenario {

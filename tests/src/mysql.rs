@@ -101,3 +101,25 @@ pub async fn admin() -> Conn {
         .await
         .expect("connect to the local MariaDB as root over its socket")
 }
+
+/// The stack's Oracle MySQL as the test user (database `app`).
+pub async fn oracle() -> Conn {
+    Conn::new(mysql_async::Opts::from_url(&env("TIDEMARK_MYSQL_URL")).expect("TIDEMARK_MYSQL_URL"))
+        .await
+        .expect("connect to the local Oracle MySQL (is `infra/local/stack up mysql` running?)")
+}
+
+/// [`versioned_table`] without MariaDB's sequence engine (a recursive CTE: any MySQL 8+).
+pub async fn versioned_table_portable(c: &mut Conn, table: &str, rows: i64) {
+    exec(
+        c,
+        &format!(
+            "DROP TABLE IF EXISTS {table}; \
+             CREATE TABLE {table} (id BIGINT PRIMARY KEY, v INT NOT NULL, payload VARCHAR(64)); \
+             SET SESSION cte_max_recursion_depth = {rows}; \
+             INSERT INTO {table} WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {rows}) \
+             SELECT n, 0, SHA2(n, 256) FROM s;"
+        ),
+    )
+    .await;
+}

@@ -82,7 +82,7 @@ impl Pipeline {
         let server = connect::server_info(&mut sql).await?;
         check::require_row_binlog(&mut sql).await?;
         if self.until_caught_up && self.mysql_stop_at.is_none() {
-            self.mysql_stop_at = Some(check::current_position(&mut sql).await?);
+            self.mysql_stop_at = Some(check::current_position(&mut sql, &server).await?);
         }
         let names = self.config.table_names()?;
         let resolved = snapshot::resolve_tables(&mut sql, &names, &src.database).await?;
@@ -242,7 +242,7 @@ impl Pipeline {
         cp: Checkpoint,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Option<Checkpoint>> {
-        let mut snap = snapshot::open(src, server.mariadb).await?;
+        let mut snap = snapshot::open(src, server).await?;
         tracing::info!(coord = %snap.coord, gtid = snap.gtid.as_deref().unwrap_or(""), "consistent snapshot opened");
         let resumable = cp.snapshot.clone().filter(|s| !s.done && s.start.is_some());
         let mut cp = match resumable {

@@ -783,18 +783,42 @@ pub fn parse_query(data: &[u8]) -> Result<(String, String)> {
     Ok((db, utf8(c.buf)))
 }
 
-/// A ROTATE event body: position and next file name. `strip_crc`: the name still ends with the
-/// event's CRC32 (the fake ROTATE that opens a stream precedes the format description, so the
-/// reader does not know yet that events carry checksums; mysql_async #189).
-pub fn parse_rotate(data: &[u8], strip_crc: bool) -> Result<(u64, String)> {
+/// A ROTATE event body: position and next file name. `header`: the event's 19 header bytes
+/// ([`header_bytes`]), to tell a trailing CRC32 from the name's last bytes.
+pub fn parse_rotate(data: &[u8], header: &[u8; 19]) -> Result<(u64, String)> {
     let mut c = Cursor { buf: data };
     let pos = le(c.take(8)?);
-    let name = if strip_crc && c.buf.len() > 4 {
-        &c.buf[..c.buf.len() - 4]
-    } else {
-        c.buf
+    // The fake ROTATE a dump starts with comes before the FORMAT_DESCRIPTION that says whether
+    // events carry a CRC32, and servers differ (MariaDB: with it; MySQL 8+: the client library
+    // already cut it): it is cut here only when the last 4 bytes are this event's CRC32.
+    let name = match c.buf.len().checked_sub(4) {
+        Some(n) if n > 0 && has_crc32(header, data) => &c.buf[..n],
+        _ => c.buf,
     };
     Ok((pos, utf8(name)))
+}
+
+/// Whether `data` ends with the CRC32 of the event (`header`, then `data` without those bytes).
+fn has_crc32(header: &[u8; 19], data: &[u8]) -> bool {
+    let Some(body) = data.len().checked_sub(4) else {
+        return false;
+    };
+    let mut h = crc32fast::Hasher::new();
+    h.update(header);
+    h.update(&data[..body]);
+    h.finalize().to_le_bytes() == data[body..]
+}
+
+/// The 19 header bytes of an event as the server wrote them (for its checksum).
+pub fn header_bytes(h: &mysql_common::binlog::events::BinlogEventHeader) -> [u8; 19] {
+    let mut b = [0u8; 19];
+    b[0..4].copy_from_slice(&h.timestamp().to_le_bytes());
+    b[4] = h.event_type_raw();
+    b[5..9].copy_from_slice(&h.server_id().to_le_bytes());
+    b[9..13].copy_from_slice(&h.event_size().to_le_bytes());
+    b[13..17].copy_from_slice(&h.log_pos().to_le_bytes());
+    b[17..19].copy_from_slice(&h.flags_raw().to_le_bytes());
+    b
 }
 
 #[cfg(test)]
@@ -853,6 +877,31 @@ mod tests {
         assert!(MariaGtid::parse(&b[..10], 9).is_err());
     }
 
+    /// Issue 12: the fake ROTATE's file name keeps all its characters whether or not the event
+    /// still carries its CRC32 (MariaDB sends it with one; with MySQL 9.7 it arrives without, and
+    /// cutting 4 bytes turned `binlog.000006` into `binlog.00`).
+    #[test]
+    fn fake_rotate_names_are_cut_only_by_a_real_checksum() {
+        let mut data = 4u64.to_le_bytes().to_vec();
+        data.extend_from_slice(b"binlog.000006");
+        let mut header = [0u8; 19];
+        header[4] = event::ROTATE;
+        header[9..13].copy_from_slice(&(19 + data.len() as u32).to_le_bytes());
+        assert_eq!(
+            parse_rotate(&data, &header).unwrap(),
+            (4, "binlog.000006".into())
+        );
+        let mut h = crc32fast::Hasher::new();
+        h.update(&header);
+        h.update(&data);
+        let mut with_crc = data.clone();
+        with_crc.extend_from_slice(&h.finalize().to_le_bytes());
+        assert_eq!(
+            parse_rotate(&with_crc, &header).unwrap(),
+            (4, "binlog.000006".into())
+        );
+    }
+
     #[test]
     fn parsers_never_panic_on_garbage() {
         let mut seed = 3u64;
@@ -864,7 +913,7 @@ mod tests {
                 })
                 .collect();
             let _ = parse_query(&buf);
-            let _ = parse_rotate(&buf, true);
+            let _ = parse_rotate(&buf, &[0u8; 19]);
             let _ = MariaGtid::parse(&buf, 1);
             let _ = xa_prepare_xid(&buf);
             let _ = parse_gtid_list(&buf);

@@ -79,11 +79,7 @@ pub async fn run(
     let grants: Vec<String> = conn.query("SHOW GRANTS").await?;
     let all = grants.join(" ").to_ascii_uppercase();
     let has = |p: &str| all.contains("ALL PRIVILEGES ON *.*") || all.contains(p);
-    let monitor = if server.mariadb {
-        "BINLOG MONITOR"
-    } else {
-        "REPLICATION CLIENT"
-    };
+    let monitor = server.monitor_privilege();
     for (p, why) in [
         ("REPLICATION SLAVE", "to read the binlog"),
         (monitor, "to read binlog positions"),
@@ -102,8 +98,17 @@ pub async fn run(
         });
     }
 
-    let logs: Vec<(String, u64)> = match conn.query("SHOW BINARY LOGS").await {
-        Ok(rows) => rows,
+    // Rows, not tuples: the column count differs by server (MySQL 8 adds `Encrypted`).
+    let logs: Vec<(String, u64)> = match conn.query::<mysql_async::Row, _>("SHOW BINARY LOGS").await
+    {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|r| {
+                let name = r.get_opt::<String, _>(0)?.ok()?;
+                let size = r.get_opt::<u64, _>(1).and_then(Result::ok).unwrap_or(0);
+                Some((name, size))
+            })
+            .collect(),
         Err(e) => {
             out.push(Finding::new(
                 "binlog_retention",
@@ -165,7 +170,7 @@ pub async fn run(
     });
 
     let own_id = variable(conn, "server_id").await?.unwrap_or_default();
-    let hosts: Vec<mysql_async::Row> = conn.query("SHOW SLAVE HOSTS").await.unwrap_or_default();
+    let hosts: Vec<mysql_async::Row> = conn.query(server.replicas_sql()).await.unwrap_or_default();
     let taken = hosts.iter().any(|r| {
         r.get::<Option<u32>, _>(0)
             .flatten()
@@ -196,14 +201,14 @@ pub async fn run(
     Ok(out)
 }
 
-/// `SHOW MASTER STATUS` (`SHOW BINARY LOG STATUS` on MySQL 8.4): the current write position.
-pub async fn current_position(conn: &mut Conn) -> Result<BinlogCoord> {
-    let row: Option<mysql_async::Row> = match conn.query_first("SHOW MASTER STATUS").await {
-        Ok(r) => r,
-        Err(_) => conn.query_first("SHOW BINARY LOG STATUS").await?,
-    };
+/// The current write position ([`ServerInfo::binlog_status_sql`]).
+pub async fn current_position(conn: &mut Conn, server: &ServerInfo) -> Result<BinlogCoord> {
+    let sql = server.binlog_status_sql();
+    let row: Option<mysql_async::Row> = conn.query_first(sql).await?;
     let row = row.ok_or_else(|| {
-        Error::config("SHOW MASTER STATUS returned nothing: the binary log is off (enable log_bin)")
+        Error::config(format!(
+            "{sql} returned nothing: the binary log is off (enable log_bin)"
+        ))
     })?;
     let file: Option<String> = row.get(0);
     let pos: Option<u64> = row.get(1);

@@ -101,6 +101,20 @@ pub mod codes {
     pub const SPECIFIC_ACCESS_DENIED: u16 = 1227;
     /// MariaDB: another connection with the same server_id replaced this one.
     pub const CONNECTION_KILLED_DUPLICATE_ID: u16 = 4052;
+    pub const UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
+    /// Server errors worth retrying: the server is busy, restarting or interrupted us. Any
+    /// other SQL error is not a lost connection, and retrying the same SQL would fail again.
+    pub const TRANSIENT: [u16; 9] = [
+        1040, // too many connections
+        1053, // server shutdown in progress
+        1205, // lock wait timeout
+        1213, // deadlock
+        1317, // query execution was interrupted
+        1927, // MariaDB: connection killed
+        3024, // MySQL: max_execution_time exceeded
+        4031, // MySQL 8.0.24+: disconnected by the server for inactivity
+        1969, // MariaDB: max_statement_time exceeded
+    ];
 }
 
 impl From<mysql_async::Error> for Error {
@@ -132,7 +146,8 @@ impl From<mysql_async::Error> for Error {
                         ErrorKind::Config,
                         "check source.tables and the database in source.url",
                     ),
-                    _ => (ErrorKind::Transient, ""),
+                    c if codes::TRANSIENT.contains(&c) => (ErrorKind::Transient, ""),
+                    _ => (ErrorKind::Fatal, ""),
                 };
                 let msg = format!("MySQL error {} ({}): {}", s.code, s.state, s.message);
                 let msg = if hint.is_empty() {
@@ -150,31 +165,94 @@ impl From<mysql_async::Error> for Error {
     }
 }
 
-/// The server's product and version, from `SELECT VERSION()`.
+/// The server's product and version, detected once per connection set-up from
+/// `SELECT VERSION()`. The SQL that differs between flavours and versions is chosen here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerInfo {
+    /// As the server reports it, e.g. `10.11.19-MariaDB-0+deb12u1-log` or `9.7.4`.
     pub version: String,
     pub mariadb: bool,
+    /// `(major, minor, patch)`; zeros where the version string does not say.
+    pub numeric: (u32, u32, u32),
+}
+
+impl ServerInfo {
+    /// Parses a `VERSION()` string.
+    pub fn from_version(version: &str) -> ServerInfo {
+        let mut parts = version
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let numeric = (
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+        );
+        ServerInfo {
+            mariadb: version.to_ascii_lowercase().contains("mariadb"),
+            version: version.to_string(),
+            numeric,
+        }
+    }
+
+    /// Oracle MySQL at least `major.minor.patch` (false on MariaDB).
+    pub fn mysql_at_least(&self, major: u32, minor: u32, patch: u32) -> bool {
+        !self.mariadb && self.numeric >= (major, minor, patch)
+    }
+
+    /// The statement that reports the current binlog file and position: `SHOW MASTER STATUS`
+    /// is gone from MySQL 8.4 on, and `SHOW BINARY LOG STATUS` only exists from 8.2 (Aurora
+    /// MySQL 3 is 8.0); MariaDB keeps `SHOW MASTER STATUS`.
+    pub fn binlog_status_sql(&self) -> &'static str {
+        if self.mysql_at_least(8, 2, 0) {
+            "SHOW BINARY LOG STATUS"
+        } else {
+            "SHOW MASTER STATUS"
+        }
+    }
+
+    /// The statement that lists the replicas registered with the server: `SHOW REPLICAS` from
+    /// MySQL 8.0.22 (`SHOW SLAVE HOSTS` is gone in 8.4), `SHOW SLAVE HOSTS` before and on
+    /// MariaDB.
+    pub fn replicas_sql(&self) -> &'static str {
+        if self.mysql_at_least(8, 0, 22) {
+            "SHOW REPLICAS"
+        } else {
+            "SHOW SLAVE HOSTS"
+        }
+    }
+
+    /// The privilege that lets a user read binlog positions: `BINLOG MONITOR` on MariaDB 10.5+
+    /// (which also accepts `REPLICATION CLIENT`), `REPLICATION CLIENT` on MySQL.
+    pub fn monitor_privilege(&self) -> &'static str {
+        if self.mariadb {
+            "BINLOG MONITOR"
+        } else {
+            "REPLICATION CLIENT"
+        }
+    }
 }
 
 pub async fn server_info(conn: &mut Conn) -> Result<ServerInfo> {
     let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
-    let version = version.unwrap_or_default();
-    Ok(ServerInfo {
-        mariadb: version.to_ascii_lowercase().contains("mariadb"),
-        version,
-    })
+    Ok(ServerInfo::from_version(&version.unwrap_or_default()))
 }
 
-/// A global variable's value, `None` when the server has no such variable.
+/// A global variable's value (`@@GLOBAL.<name>`: every MySQL and MariaDB version has it, unlike
+/// `information_schema.GLOBAL_VARIABLES`, gone from MySQL 8), `None` when the server has no
+/// such variable.
 pub async fn variable(conn: &mut Conn, name: &str) -> Result<Option<String>> {
-    let row: Option<(String, Option<String>)> = conn
-        .exec_first(
-            "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME = ?",
-            (name.to_ascii_uppercase(),),
-        )
-        .await?;
-    Ok(row.map(|(_, v)| v.unwrap_or_default()))
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(Error::fatal(format!("not a variable name: {name:?}")));
+    }
+    match conn
+        .query_first::<Option<String>, _>(format!("SELECT @@GLOBAL.{name}"))
+        .await
+    {
+        Ok(v) => Ok(Some(v.flatten().unwrap_or_default())),
+        Err(mysql_async::Error::Server(e)) if e.code == codes::UNKNOWN_SYSTEM_VARIABLE => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Quotes an identifier with backticks.
@@ -185,6 +263,96 @@ pub fn quote_ident(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12 item 2: the SQL that differs by flavour and version, per version (only 9.7
+    /// and MariaDB 10.11 run here).
+    #[test]
+    fn sql_is_chosen_by_flavour_and_version() {
+        let cases = [
+            // (VERSION(), binlog status, replicas, monitor privilege)
+            (
+                "8.0.28",
+                "SHOW MASTER STATUS",
+                "SHOW REPLICAS",
+                "REPLICATION CLIENT",
+            ),
+            (
+                "8.0.21-log",
+                "SHOW MASTER STATUS",
+                "SHOW SLAVE HOSTS",
+                "REPLICATION CLIENT",
+            ),
+            (
+                "8.0.mysql_aurora.3.05.2",
+                "SHOW MASTER STATUS",
+                "SHOW SLAVE HOSTS",
+                "REPLICATION CLIENT",
+            ),
+            (
+                "8.4.3",
+                "SHOW BINARY LOG STATUS",
+                "SHOW REPLICAS",
+                "REPLICATION CLIENT",
+            ),
+            (
+                "8.2.0",
+                "SHOW BINARY LOG STATUS",
+                "SHOW REPLICAS",
+                "REPLICATION CLIENT",
+            ),
+            (
+                "9.7.4-2",
+                "SHOW BINARY LOG STATUS",
+                "SHOW REPLICAS",
+                "REPLICATION CLIENT",
+            ),
+            (
+                "10.11.19-MariaDB-0+deb12u1-log",
+                "SHOW MASTER STATUS",
+                "SHOW SLAVE HOSTS",
+                "BINLOG MONITOR",
+            ),
+            (
+                "11.8.2-MariaDB",
+                "SHOW MASTER STATUS",
+                "SHOW SLAVE HOSTS",
+                "BINLOG MONITOR",
+            ),
+        ];
+        for (v, status, replicas, monitor) in cases {
+            let s = ServerInfo::from_version(v);
+            assert_eq!(
+                (
+                    s.binlog_status_sql(),
+                    s.replicas_sql(),
+                    s.monitor_privilege()
+                ),
+                (status, replicas, monitor),
+                "{v}"
+            );
+        }
+        assert_eq!(ServerInfo::from_version("9.7.4-2").numeric, (9, 7, 4));
+        assert!(ServerInfo::from_version("10.11.19-MariaDB").mariadb);
+    }
+
+    /// Issue 12 item 2: an SQL error is not a lost connection (only busy/restarting/interrupted
+    /// servers are retried).
+    #[test]
+    fn sql_errors_are_not_lost_connections() {
+        let server = |code: u16| {
+            Error::from(mysql_async::Error::Server(mysql_async::ServerError {
+                code,
+                message: "m".into(),
+                state: "HY000".into(),
+            }))
+            .kind()
+        };
+        assert_eq!(server(1109), ErrorKind::Fatal, "unknown table");
+        assert_eq!(server(1064), ErrorKind::Fatal, "syntax error");
+        assert_eq!(server(1213), ErrorKind::Transient, "deadlock");
+        assert_eq!(server(1040), ErrorKind::Transient, "too many connections");
+        assert_eq!(server(1045), ErrorKind::Config, "access denied");
+    }
 
     #[test]
     fn url_needs_a_database_and_keeps_the_password_secret() {

@@ -18,7 +18,7 @@ use crate::change::{Column, Op, RowMeta, SchemaRef, TableId, TableSchema};
 use crate::error::{Error, Result};
 use crate::output::{Layout, ObjectOutput};
 use crate::position::BinlogCoord;
-use crate::source::mysql::connect::{MySource, quote_ident, sql_connect};
+use crate::source::mysql::connect::{MySource, ServerInfo, quote_ident, sql_connect};
 use crate::source::mysql::types;
 use crate::source::snapshot::{KeyPlan, Part, SnapshotMeta, progress_bar};
 use crate::source::table_name::{Dialect, TableName};
@@ -56,12 +56,16 @@ async fn prepared_xa(conn: &mut Conn) -> Result<Vec<String>> {
     Ok(rows
         .iter()
         .map(|r| {
-            let data: Option<Vec<u8>> = r.get(3);
-            let data = data.unwrap_or_default();
+            let data: Vec<u8> = r
+                .get_opt::<Option<Vec<u8>>, _>(3)
+                .and_then(Result::ok)
+                .flatten()
+                .unwrap_or_default();
             if sql_format {
                 return String::from_utf8_lossy(&data).into_owned();
             }
-            let (g, b): (Option<u64>, Option<u64>) = (r.get(1), r.get(2));
+            let len = |i: usize| r.get_opt::<u64, _>(i).and_then(Result::ok);
+            let (g, b) = (len(1), len(2));
             let g = usize::try_from(g.unwrap_or(0)).unwrap_or(0).min(data.len());
             let b = usize::try_from(b.unwrap_or(0))
                 .unwrap_or(0)
@@ -80,14 +84,14 @@ async fn prepared_xa(conn: &mut Conn) -> Result<Vec<String>> {
 /// consistent read cannot see their rows, so their XA COMMIT after it would capture nothing.
 /// Waits up to [`XA_WAIT`] for them to finish (checking before and after the snapshot opens,
 /// and opening it again when one appeared in between), then refuses, naming them.
-pub async fn open(src: &MySource, mariadb: bool) -> Result<Snapshot> {
+pub async fn open(src: &MySource, server: &ServerInfo) -> Result<Snapshot> {
     let mut check = sql_connect(src).await?;
     let deadline = std::time::Instant::now() + XA_WAIT;
     let mut warned = false;
     loop {
         let mut prepared = prepared_xa(&mut check).await?;
         if prepared.is_empty() {
-            let snapshot = open_consistent(src, mariadb).await?;
+            let snapshot = open_consistent(src, server).await?;
             prepared = prepared_xa(&mut check).await?;
             if prepared.is_empty() {
                 return Ok(snapshot);
@@ -111,7 +115,8 @@ pub async fn open(src: &MySource, mariadb: bool) -> Result<Snapshot> {
     }
 }
 
-async fn open_consistent(src: &MySource, mariadb: bool) -> Result<Snapshot> {
+async fn open_consistent(src: &MySource, server: &ServerInfo) -> Result<Snapshot> {
+    let mariadb = server.mariadb;
     let mut conn = sql_connect(src).await?;
     conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .await?;
@@ -141,7 +146,7 @@ async fn open_consistent(src: &MySource, mariadb: bool) -> Result<Snapshot> {
             lock.query_drop("FLUSH TABLES WITH READ LOCK").await?;
             conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 .await?;
-            let coord = crate::source::mysql::check::current_position(&mut lock).await;
+            let coord = crate::source::mysql::check::current_position(&mut lock, server).await;
             lock.query_drop("UNLOCK TABLES").await?;
             coord?
         }

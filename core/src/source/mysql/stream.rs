@@ -144,7 +144,6 @@ pub async fn spawn(
         state,
         have_gtid: start.gtid.is_some(),
         xa_open: BTreeMap::new(),
-        fde_seen: false,
         gap_check: use_gtid.then_some(state_for_check),
     };
     let task = tokio::spawn(async move {
@@ -198,7 +197,6 @@ struct Reader {
     have_gtid: bool,
     /// Prepared XA transactions not yet committed: where they began, and their rows.
     xa_open: BTreeMap<Vec<u8>, (BinlogCoord, Vec<MyEvent>)>,
-    fde_seen: bool,
     /// GTID resume: the requested state, checked against the GTID_LIST events the server sends
     /// before the first transaction. A list past it means the server skipped transactions
     /// (purged binlogs): MariaDB does not refuse that by itself when strict mode is off.
@@ -290,7 +288,7 @@ impl Reader {
         tracing::trace!(event_type = ty, at = %here, "binlog event");
         match ty {
             event::ROTATE => {
-                let (pos, name) = binlog::parse_rotate(data, !self.fde_seen)?;
+                let (pos, name) = binlog::parse_rotate(data, &binlog::header_bytes(&h))?;
                 self.file = name;
                 if h.log_pos() != 0 && self.group.is_none() {
                     // A real rotate between transactions is a resume point.
@@ -300,7 +298,6 @@ impl Reader {
                     .await?;
                 }
             }
-            event::FORMAT_DESCRIPTION => self.fde_seen = true,
             event::HEARTBEAT if self.group.is_none() => {
                 self.send(MyEvent::Heartbeat {
                     at: BinlogCoord::new(self.file.clone(), end),
