@@ -580,24 +580,7 @@ async fn mysql_snapshot_refuses_while_an_xa_transaction_is_prepared() {
     )
     .await;
     let xid = format!("{}_x", s.name);
-    // A prepared XA transaction outlives its session: roll it back whatever happens, or every
-    // later snapshot of this server would wait for it.
-    struct RollBack(String);
-    impl Drop for RollBack {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("mariadb")
-                .args([
-                    "--defaults-file=/dev/null",
-                    "-S",
-                    &harness::env("TIDEMARK_MY_SOCKET"),
-                    "-uroot",
-                    "-e",
-                ])
-                .arg(format!("XA ROLLBACK '{}'", self.0))
-                .output();
-        }
-    }
-    let _rollback = RollBack(xid.clone());
+    let _rollback = my::XaRollbackGuard(xid.clone());
     exec(
         &mut c,
         &format!(

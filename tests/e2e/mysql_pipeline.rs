@@ -870,23 +870,7 @@ async fn table_names_follow_the_server_and_added_tables_are_refused() {
     assert_eq!(s.output_files(), files, "nothing written");
 
     s.run_caught_up_with(&[&qm, &qd], &args);
-    let rows = harness::duckdb(&format!(
-        "select regexp_extract(filename, '/{}/([^/]+)/', 1) as dir, id::int as id, _op \
-         from read_parquet('{}/**/*.parquet', union_by_name = true, filename = true) order by dir, id",
-        s.name,
-        s.out().display()
-    ));
-    let got: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {} {}",
-                r["dir"].as_str().unwrap(),
-                r["id"],
-                r["_op"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let got = s.rows_by_folder();
     let d_dir = format!("app.we%2Eird%60{}", s.name);
     assert_eq!(
         got,
@@ -895,7 +879,7 @@ async fn table_names_follow_the_server_and_added_tables_are_refused() {
             format!("{d_dir} 2 R"),
             format!("{d_dir} 20 I")
         ],
-        "{rows:#?}"
+        "{got:#?}"
     );
     my::drop_tables(&[&bq(&mixed), &bq(&dotted), &bq(&later)]).await;
 }
@@ -921,22 +905,7 @@ async fn until_caught_up_ends_with_a_prepared_xa_under_steady_traffic() {
     s.run_caught_up_with(&[&q], &args);
 
     let xid = format!("{}_x", s.name);
-    struct RollBack(String);
-    impl Drop for RollBack {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("mariadb")
-                .args([
-                    "--defaults-file=/dev/null",
-                    "-S",
-                    &harness::env("TIDEMARK_MY_SOCKET"),
-                    "-uroot",
-                    "-e",
-                ])
-                .arg(format!("XA ROLLBACK '{}'", self.0))
-                .output();
-        }
-    }
-    let rollback = RollBack(xid.clone());
+    let rollback = my::XaRollbackGuard(xid.clone());
     exec(
         &mut xa,
         &format!(

@@ -463,23 +463,7 @@ async fn table_names_are_read_as_sql_writes_them() {
     .await
     .unwrap();
     s.run_until_caught_up(&[&quoted_billing, &quoted_dotted]);
-    let rows = harness::duckdb(&format!(
-        "select regexp_extract(filename, '/{}/([^/]+)/', 1) as dir, id::int as id, _op \
-         from read_parquet('{}/**/*.parquet', union_by_name = true, filename = true) order by dir, id",
-        s.name,
-        s.out().display()
-    ));
-    let got: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {} {}",
-                r["dir"].as_str().unwrap(),
-                r["id"],
-                r["_op"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let got = s.rows_by_folder();
     let (b_dir, d_dir) = (
         format!("{billing}.Invoice%20Items"),
         format!("a%2Eb_{}.c%22d", s.name),
@@ -492,7 +476,7 @@ async fn table_names_are_read_as_sql_writes_them() {
             format!("{d_dir} 7 R"),
             format!("{d_dir} 8 I"),
         ],
-        "{rows:#?}"
+        "{got:#?}"
     );
     s.cleanup(&c).await;
     c.batch_execute(&format!(

@@ -560,3 +560,26 @@ pub fn wait_streaming(s: &Scenario, limit: Duration) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+impl Scenario {
+    /// Every output row as `"<table folder> <id> <_op>"`, sorted by folder and `id`: what the
+    /// table-name tests compare.
+    pub fn rows_by_folder(&self) -> Vec<String> {
+        duckdb(&format!(
+            "select regexp_extract(filename, '/{}/([^/]+)/', 1) as dir, id::int as id, _op \
+             from read_parquet('{}/**/*.parquet', union_by_name = true, filename = true) order by dir, id",
+            self.name,
+            self.out().display()
+        ))
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["dir"].as_str().unwrap_or("?"),
+                r["id"],
+                r["_op"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+    }
+}

@@ -123,3 +123,22 @@ pub async fn versioned_table_portable(c: &mut Conn, table: &str, rows: i64) {
     )
     .await;
 }
+
+/// Rolls back the stack MariaDB's prepared XA transaction `0` when dropped: a prepared XA
+/// transaction outlives its session, and every later snapshot of the server would wait for it.
+pub struct XaRollbackGuard(pub String);
+
+impl Drop for XaRollbackGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("mariadb")
+            .args([
+                "--defaults-file=/dev/null",
+                "-S",
+                &env("TIDEMARK_MY_SOCKET"),
+                "-uroot",
+                "-e",
+            ])
+            .arg(format!("XA ROLLBACK '{}'", self.0))
+            .output();
+    }
+}
