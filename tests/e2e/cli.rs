@@ -1,7 +1,9 @@
 //! The `tidemark` command line: preflight findings with their fixes, one-line errors, exit codes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use tidemark_e2e::both_servers;
 use tidemark_e2e::harness::{self, Scenario};
+use tidemark_e2e::mysql::Server;
 
 /// `tidemark <sub>` for scenario `s` with an explicit source URL.
 fn with_url(s: &Scenario, sub: &str, url: &str, tables: &[&str]) -> std::process::Command {
@@ -402,14 +404,22 @@ async fn health_check_and_embedded_metric_lines() {
 /// MySQL/MariaDB `check`: settings, grants, retention, server_id and keys, each with its fix;
 /// then a position the server purged: `run` stops with the fix and `check` says so.
 /// (Here rather than in mysql_pipeline: PURGE BINARY LOGS must not race other binlog readers.)
-#[tokio::test]
-async fn mysql_check_and_a_purged_binlog_position() {
+/// On MySQL the position is a GTID set: `run` refuses it when `gtid_purged` is not in it.
+async fn check_and_purged_position(server: Server) {
     use mysql_async::prelude::Queryable;
-    use tidemark_e2e::mysql::{self as my, exec};
+    use tidemark_e2e::mysql::exec;
     let _server_wide = MARIADB_SERVER_STATE.lock().await;
-    let mut c = my::conn().await;
-    let mut admin = my::admin().await;
-    let s = Scenario::mysql("mycheck");
+    let mut c = server.conn().await;
+    let mut admin = server.admin().await;
+    let s = server.scenario("mycheck");
+    let (monitor, own_id, status_sql) = match server {
+        Server::MariaDb => ("BINLOG MONITOR granted", "101", "SHOW MASTER STATUS"),
+        Server::MySql => (
+            "REPLICATION CLIENT granted",
+            "201",
+            "SHOW BINARY LOG STATUS",
+        ),
+    };
     let (good, nopk) = (format!("g_{}", s.name), format!("n_{}", s.name));
     exec(
         &mut c,
@@ -425,7 +435,7 @@ async fn mysql_check_and_a_purged_binlog_position() {
         "ok    binlog_row_image",
         "ok    binlog_row_metadata",
         "REPLICATION SLAVE granted",
-        "BINLOG MONITOR granted",
+        monitor,
         "server_id 77001 is not used",
         "primary key present",
     ] {
@@ -437,7 +447,7 @@ async fn mysql_check_and_a_purged_binlog_position() {
     );
 
     // The server's own server_id is refused with the fix.
-    let (code, out, _) = run(&mut s.command("check", &tables, &["--server-id", "101"]));
+    let (code, out, _) = run(&mut s.command("check", &tables, &["--server-id", own_id]));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("set source.server_id"), "{out}");
 
@@ -452,7 +462,7 @@ async fn mysql_check_and_a_purged_binlog_position() {
     exec(&mut c, &format!("INSERT INTO {good} VALUES (1)")).await;
     exec(&mut admin, "FLUSH BINARY LOGS").await;
     let current: Option<(String, u64)> = admin
-        .query_first("SHOW MASTER STATUS")
+        .query_first(status_sql)
         .await
         .unwrap()
         .map(|r: mysql_async::Row| (r.get::<String, _>(0).unwrap(), r.get::<u64, _>(1).unwrap()));
@@ -460,8 +470,11 @@ async fn mysql_check_and_a_purged_binlog_position() {
     // MariaDB keeps a file until its binlog checkpoint has passed: retry until it is gone.
     for _ in 0..100 {
         exec(&mut admin, &format!("PURGE BINARY LOGS TO '{file}'")).await;
-        let logs: Vec<(String, u64)> = admin.query("SHOW BINARY LOGS").await.unwrap();
-        if logs.first().is_some_and(|l| l.0 == file) {
+        let logs: Vec<mysql_async::Row> = admin.query("SHOW BINARY LOGS").await.unwrap();
+        if logs
+            .first()
+            .is_some_and(|l| l.get::<String, _>(0).as_deref() == Some(file.as_str()))
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -478,18 +491,23 @@ async fn mysql_check_and_a_purged_binlog_position() {
         ],
     ));
     assert_ne!(code, 0);
-    assert!(
-        err.contains("1236") && err.contains("tidemark reset"),
-        "{err}"
-    );
+    let refused = match server {
+        Server::MariaDb => err.contains("1236"),
+        Server::MySql => err.contains("gtid_purged") && err.contains("binlog retention hours"),
+    };
+    assert!(refused && err.contains("tidemark reset"), "{err}");
     let (code, out, _) = run(&mut s.command("check", &tables[..1], &["--server-id", "77001"]));
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("older than the oldest binlog") && out.contains("tidemark reset"),
         "{out}"
     );
-    my::drop_tables(&[&good, &nopk]).await;
+    server.drop_tables(&[&good, &nopk]).await;
 }
+both_servers!(
+    mysql_check_and_a_purged_binlog_position,
+    check_and_purged_position
+);
 
 /// Issue 11 item 8: the status file is refreshed while a table is copied, so `health` stays at
 /// exit 0 through a copy longer than `--max-age-secs`.

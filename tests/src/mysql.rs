@@ -46,7 +46,15 @@ pub async fn workload(
     first_new_id: i64,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> u64 {
-    let mut c = conn().await;
+    workload_on(conn().await, table, first_new_id, stop).await
+}
+
+async fn workload_on(
+    mut c: Conn,
+    table: String,
+    first_new_id: i64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> u64 {
     let mut next = first_new_id;
     let mut ops = 0u64;
     while !*stop.borrow() {
@@ -56,12 +64,12 @@ pub async fn workload(
             match fastrand::u8(0..10) {
                 0..=2 => {
                     sql.push_str(&format!(
-                        "INSERT INTO {table} (id, v, payload) VALUES ({next}, 0, MD5(RAND()));"
+                        "INSERT INTO {table} (id, v, payload) VALUES ({next}, 0, SHA2(RAND(), 256));"
                     ));
                     next += 1;
                 }
                 3..=7 => sql.push_str(&format!(
-                    "UPDATE {table} SET v = v + 1, payload = MD5(RAND()) WHERE id = {id};"
+                    "UPDATE {table} SET v = v + 1, payload = SHA2(RAND(), 256) WHERE id = {id};"
                 )),
                 _ => sql.push_str(&format!("DELETE FROM {table} WHERE id = {id};")),
             }
@@ -141,4 +149,117 @@ impl Drop for XaRollbackGuard {
             .arg(format!("XA ROLLBACK '{}'", self.0))
             .output();
     }
+}
+
+/// The two binlog servers of the stack: MySQL end-to-end tests whose behaviour can differ run
+/// against both (see [`crate::both_servers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    MariaDb,
+    MySql,
+}
+
+impl Server {
+    pub fn url(self) -> String {
+        match self {
+            Server::MariaDb => my_url(),
+            Server::MySql => env("TIDEMARK_MYSQL_URL"),
+        }
+    }
+
+    /// A short tag for scenario names.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Server::MariaDb => "ma",
+            Server::MySql => "my",
+        }
+    }
+
+    pub fn scenario(self, prefix: &str) -> crate::harness::Scenario {
+        let prefix = format!("{prefix}{}", self.tag());
+        match self {
+            Server::MariaDb => crate::harness::Scenario::mysql(&prefix),
+            Server::MySql => crate::harness::Scenario::oracle_mysql(&prefix),
+        }
+    }
+
+    /// The test user (database `app`).
+    pub async fn conn(self) -> Conn {
+        match self {
+            Server::MariaDb => conn().await,
+            Server::MySql => oracle().await,
+        }
+    }
+
+    /// A user that may change server settings and rotate binlogs.
+    pub async fn admin(self) -> Conn {
+        match self {
+            Server::MariaDb => admin().await,
+            Server::MySql => Conn::new(
+                mysql_async::Opts::from_url(&env("TIDEMARK_MYSQL_ADMIN_URL"))
+                    .expect("TIDEMARK_MYSQL_ADMIN_URL"),
+            )
+            .await
+            .expect("connect to the local Oracle MySQL as its admin user"),
+        }
+    }
+
+    /// [`versioned_table`] on this server.
+    pub async fn versioned_table(self, c: &mut Conn, table: &str, rows: i64) {
+        match self {
+            Server::MariaDb => versioned_table(c, table, rows).await,
+            Server::MySql => versioned_table_portable(c, table, rows).await,
+        }
+    }
+
+    /// [`workload`] on this server.
+    pub async fn workload(
+        self,
+        table: String,
+        first_new_id: i64,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> u64 {
+        workload_on(self.conn().await, table, first_new_id, stop).await
+    }
+
+    /// `INSERT INTO {table} SELECT <select over n = 1..rows>`: `select` names the numbers `n`.
+    pub async fn insert_numbers(self, c: &mut Conn, table: &str, select: &str, rows: i64) {
+        let sql = match self {
+            Server::MariaDb => format!(
+                "INSERT INTO {table} SELECT {select} FROM (SELECT seq AS n FROM seq_1_to_{rows}) s"
+            ),
+            Server::MySql => format!(
+                "SET SESSION cte_max_recursion_depth = {rows}; \
+                 INSERT INTO {table} WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {rows}) \
+                 SELECT {select} FROM s"
+            ),
+        };
+        exec(c, &sql).await;
+    }
+
+    pub async fn drop_tables(self, tables: &[&str]) {
+        let mut c = self.conn().await;
+        for t in tables {
+            let _ = c.query_drop(format!("DROP TABLE IF EXISTS {t}")).await;
+        }
+    }
+}
+
+/// Defines `mod $name { fn mariadb(); fn mysql(); }`: the async test `$body(Server)` once
+/// per server, so the two run as separate (parallel) tests.
+#[macro_export]
+macro_rules! both_servers {
+    ($name:ident, $body:path) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb() {
+                $body($crate::mysql::Server::MariaDb).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                $body($crate::mysql::Server::MySql).await
+            }
+        }
+    };
 }

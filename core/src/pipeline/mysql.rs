@@ -137,7 +137,8 @@ impl Pipeline {
                 "this pipeline's checkpoint is not from a MySQL/MariaDB source: use another pipeline name, or `tidemark reset`",
             ));
         };
-        let use_gtid = self.config.resume_by_gtid().unwrap_or(server.mariadb) && server.mariadb;
+        // By GTID wherever the position has one (MariaDB; MySQL with gtid_mode = ON).
+        let use_gtid = self.config.resume_by_gtid().unwrap_or(true);
         let start = StartAt {
             coord: durable.resume.clone(),
             gtid: durable.gtid.clone(),
@@ -242,7 +243,7 @@ impl Pipeline {
         cp: Checkpoint,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Option<Checkpoint>> {
-        let mut snap = snapshot::open(src, server).await?;
+        let mut snap = snapshot::open(src, server, tables).await?;
         tracing::info!(coord = %snap.coord, gtid = snap.gtid.as_deref().unwrap_or(""), "consistent snapshot opened");
         let resumable = cp.snapshot.clone().filter(|s| !s.done && s.start.is_some());
         let mut cp = match resumable {

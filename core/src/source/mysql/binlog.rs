@@ -31,6 +31,10 @@ pub mod event {
     pub const XA_PREPARE_LOG: u8 = 38;
     /// MySQL 8 partial JSON updates (`binlog_row_value_options = PARTIAL_JSON`).
     pub const MYSQL_PARTIAL_UPDATE_ROWS: u8 = 39;
+    /// MySQL `binlog_transaction_compression`: a transaction's events in one (zstd) event.
+    pub const TRANSACTION_PAYLOAD: u8 = 40;
+    /// MySQL 8.3+ tagged GTID.
+    pub const MYSQL_GTID_TAGGED: u8 = 42;
     pub const MARIA_ANNOTATE_ROWS: u8 = 160;
     pub const MARIA_BINLOG_CHECKPOINT: u8 = 161;
     pub const MARIA_GTID: u8 = 162;
@@ -634,15 +638,53 @@ impl MariaGtid {
     }
 }
 
-/// The XA id of a MariaDB XA_PREPARE_LOG event, in the same form as [`MariaGtid::xid`].
-pub fn xa_prepare_xid(data: &[u8]) -> Result<Vec<u8>> {
+/// An XA_PREPARE_LOG event: whether it is a one-phase commit, and the XA id in the same form
+/// as [`MariaGtid::xid`] (format id, 4 bytes LE, then gtrid and bqual).
+pub fn xa_prepare_xid(data: &[u8]) -> Result<(bool, Vec<u8>)> {
     let mut c = Cursor { buf: data };
-    c.take(1)?; // one phase
+    let one_phase = c.take(1)?[0] != 0;
     let mut x = c.take(4)?.to_vec();
     let g = le(c.take(4)?) as usize;
     let b = le(c.take(4)?) as usize;
-    x.extend_from_slice(c.take(g + b)?);
-    Ok(x)
+    x.extend_from_slice(c.take(g.saturating_add(b))?);
+    Ok((one_phase, x))
+}
+
+/// The XA id of `XA START|BEGIN|COMMIT|ROLLBACK X'gtrid',X'bqual',format` as MySQL logs it,
+/// in the form of [`xa_prepare_xid`]; `None` for any other statement or form.
+pub fn xa_query_xid(sql: &str) -> Option<Vec<u8>> {
+    let s = strip_leading_comments(sql);
+    let mut words = s.splitn(3, char::is_whitespace);
+    if !words.next()?.eq_ignore_ascii_case("XA") {
+        return None;
+    }
+    let verb = words.next()?.to_ascii_uppercase();
+    if !matches!(verb.as_str(), "START" | "BEGIN" | "COMMIT" | "ROLLBACK") {
+        return None;
+    }
+    let rest = words.next()?.trim();
+    let hex = |t: &str| -> Option<Vec<u8>> {
+        let t = t.trim();
+        let h = t
+            .strip_prefix("X'")
+            .or_else(|| t.strip_prefix("x'"))?
+            .strip_suffix('\'')?;
+        if h.len() % 2 != 0 {
+            return None;
+        }
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+            .collect()
+    };
+    let mut parts = rest.split(',');
+    let gtrid = hex(parts.next()?)?;
+    let bqual = hex(parts.next()?)?;
+    let format: u32 = parts.next()?.split_whitespace().next()?.parse().ok()?;
+    let mut x = format.to_le_bytes().to_vec();
+    x.extend_from_slice(&gtrid);
+    x.extend_from_slice(&bqual);
+    Some(x)
 }
 
 /// A MariaDB GTID_LIST event: the binlog state (last GTID per domain) at that point.
@@ -830,6 +872,16 @@ mod tests {
         assert_eq!(classify_query("BEGIN"), QueryKind::Begin);
         assert_eq!(classify_query("  /* x */ COMMIT"), QueryKind::Commit);
         assert_eq!(classify_query("XA COMMIT X'31',X'',1"), QueryKind::XaCommit);
+        assert_eq!(
+            xa_query_xid("XA START X'7879',X'',1"),
+            Some(vec![1, 0, 0, 0, b'x', b'y'])
+        );
+        assert_eq!(
+            xa_query_xid("XA COMMIT X'7879',X'7a',7 ONE PHASE"),
+            Some(vec![7, 0, 0, 0, b'x', b'y', b'z'])
+        );
+        assert_eq!(xa_query_xid("XA END X'7879',X'',1").map(|_| ()), None);
+        assert_eq!(xa_query_xid("XA COMMIT 'plain'"), None);
         assert_eq!(
             classify_query("insert into t values (1)"),
             QueryKind::StatementDml

@@ -47,6 +47,17 @@ async fn settings(conn: &mut Conn) -> Result<Vec<Finding>> {
             "SET GLOBAL binlog_row_metadata = 'FULL' and set it in my.cnf (without it the binlog carries no column names)",
         ),
     ];
+    // MySQL: partial JSON updates are events tidemark cannot apply.
+    if let Some(v) = variable(conn, "binlog_row_value_options").await?
+        && v.to_ascii_uppercase().contains("PARTIAL_JSON")
+    {
+        out.push(Finding::new(
+            "binlog_row_value_options",
+            Level::Error,
+            "binlog_row_value_options = PARTIAL_JSON writes JSON updates as diffs tidemark cannot apply: \
+             SET GLOBAL binlog_row_value_options = '' (and in my.cnf / the parameter group)",
+        ));
+    }
     for (name, expected, fix) in want {
         let v = variable(conn, name).await?;
         out.push(match v {
@@ -169,6 +180,53 @@ pub async fn run(
         )
     });
 
+    if !server.mariadb {
+        let managed = managed(conn).await;
+        out.push(if managed {
+            if has("LOCK TABLES") {
+                Finding::new("snapshot_lock", Level::Ok, "the snapshot uses LOCK TABLES ... READ on the copied tables while it starts (RDS/Aurora refuse FLUSH TABLES WITH READ LOCK)")
+            } else {
+                Finding::new("snapshot_lock", Level::Error, "RDS/Aurora refuse FLUSH TABLES WITH READ LOCK, so the snapshot locks the copied tables while it starts: GRANT LOCK TABLES ON <db>.* TO <user>")
+            }
+        } else if has("RELOAD") {
+            Finding::new("snapshot_lock", Level::Ok, "the snapshot uses FLUSH TABLES WITH READ LOCK while it starts (RELOAD granted)")
+        } else if has("LOCK TABLES") {
+            Finding::new("snapshot_lock", Level::Ok, "the snapshot uses LOCK TABLES ... READ on the copied tables while it starts (no RELOAD for FLUSH TABLES WITH READ LOCK)")
+        } else {
+            Finding::new("snapshot_lock", Level::Error, "the snapshot needs a lock while it starts and the user has neither RELOAD (FLUSH TABLES WITH READ LOCK) nor LOCK TABLES: GRANT LOCK TABLES ON <db>.* TO <user>")
+        });
+        let gtid_mode = variable(conn, "gtid_mode").await?.unwrap_or_default();
+        out.push(if gtid_mode.eq_ignore_ascii_case("ON") {
+            Finding::new("gtid", Level::Ok, "gtid_mode = ON: the pipeline resumes by executed GTID set")
+        } else {
+            Finding::new("gtid", Level::Warning, format!("gtid_mode is {gtid_mode}: the pipeline resumes by binlog file:pos, which does not survive a failover to a replica; set gtid_mode = ON (with enforce_gtid_consistency = ON) to resume by GTID set"))
+        });
+        match conn
+            .query_first::<Option<String>, _>(
+                "SELECT value FROM mysql.rds_configuration WHERE name = 'binlog retention hours'",
+            )
+            .await
+        {
+            Ok(v) => {
+                let hours = v.flatten().and_then(|v| v.trim().parse::<u64>().ok());
+                out.push(match hours {
+                    Some(h) if h >= 24 => Finding::new("rds_binlog_retention", Level::Ok, format!("RDS keeps binlogs {h} h (binlog retention hours)")),
+                    Some(h) => Finding::new("rds_binlog_retention", Level::Warning, format!("RDS keeps binlogs only {h} h: a pipeline stopped longer needs a new snapshot. CALL mysql.rds_set_configuration('binlog retention hours', 168)")),
+                    None => Finding::new("rds_binlog_retention", Level::Warning, "RDS binlog retention hours is NULL: RDS purges binlogs as soon as it can, and a stopped pipeline loses its position. CALL mysql.rds_set_configuration('binlog retention hours', 168)"),
+                });
+            }
+            Err(mysql_async::Error::Server(e)) if e.code == connect::codes::NO_SUCH_TABLE => {}
+            Err(e) => out.push(Finding::new(
+                "rds_binlog_retention",
+                Level::Warning,
+                format!(
+                    "cannot read mysql.rds_configuration: {}",
+                    Error::from(e).one_line()
+                ),
+            )),
+        }
+    }
+
     let own_id = variable(conn, "server_id").await?.unwrap_or_default();
     let hosts: Vec<mysql_async::Row> = conn.query(server.replicas_sql()).await.unwrap_or_default();
     let taken = hosts.iter().any(|r| {
@@ -213,6 +271,46 @@ pub async fn current_position(conn: &mut Conn, server: &ServerInfo) -> Result<Bi
     let file: Option<String> = row.get(0);
     let pos: Option<u64> = row.get(1);
     Ok(BinlogCoord::new(file.unwrap_or_default(), pos.unwrap_or(4)))
+}
+
+/// Whether the server is a managed one (RDS for MySQL, Aurora MySQL) that refuses
+/// `FLUSH TABLES WITH READ LOCK` to its users.
+pub async fn managed(conn: &mut Conn) -> bool {
+    if variable(conn, "aurora_version")
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        return true;
+    }
+    if variable(conn, "basedir")
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|d| d.starts_with("/rdsdbbin"))
+    {
+        return true;
+    }
+    conn.query_first::<i64, _>(
+        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'mysql' AND TABLE_NAME = 'rds_configuration'",
+    )
+    .await
+    .ok()
+    .flatten()
+    .is_some_and(|n| n > 0)
+}
+
+/// MySQL's executed GTID set (`@@GLOBAL.gtid_executed`) when `gtid_mode = ON`; `None`
+/// otherwise (and on MariaDB, whose GTIDs are read otherwise).
+pub async fn mysql_gtid_executed(conn: &mut Conn) -> Result<Option<String>> {
+    let mode = variable(conn, "gtid_mode").await?.unwrap_or_default();
+    if !mode.eq_ignore_ascii_case("ON") {
+        return Ok(None);
+    }
+    let set = variable(conn, "gtid_executed").await?.unwrap_or_default();
+    let set = crate::source::mysql::gtid::GtidSet::parse(&set)?;
+    Ok(Some(set.to_string()))
 }
 
 pub use connect::server_info;

@@ -102,6 +102,8 @@ pub mod codes {
     /// MariaDB: another connection with the same server_id replaced this one.
     pub const CONNECTION_KILLED_DUPLICATE_ID: u16 = 4052;
     pub const UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
+    /// Any "access denied": to a database, a table, a privilege, or the login itself.
+    pub const ACCESS: [u16; 5] = [1044, 1045, 1142, 1227, 1698];
     /// Server errors worth retrying: the server is busy, restarting or interrupted us. Any
     /// other SQL error is not a lost connection, and retrying the same SQL would fail again.
     pub const TRANSIENT: [u16; 9] = [

@@ -7,6 +7,7 @@
 pub mod binlog;
 pub mod check;
 pub mod connect;
+pub mod gtid;
 pub mod snapshot;
 pub mod stream;
 pub mod types;

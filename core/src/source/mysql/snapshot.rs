@@ -2,8 +2,10 @@
 //! so the stream continues with exactly the transactions after it.
 //!
 //! MariaDB: `START TRANSACTION WITH CONSISTENT SNAPSHOT` and `binlog_snapshot_file/position`
-//! (no global lock). MySQL lacks those: there `FLUSH TABLES WITH READ LOCK` is held on a second
-//! session just while the snapshot starts and `SHOW MASTER STATUS` is read.
+//! (no global lock). MySQL lacks those: there a lock is held on a second session just while the
+//! snapshot starts and the binlog coordinate and executed GTID set are read ([`LockMethod`]):
+//! `FLUSH TABLES WITH READ LOCK` where allowed, else (RDS, Aurora, a user without RELOAD)
+//! `LOCK TABLES ... READ` on the tables copied, which holds back every commit that touches them.
 //!
 //! Memory is bounded: rows stream from the server into part builders (see
 //! [`crate::source::snapshot`]); tables with a single integer primary key are read in key-ordered
@@ -23,12 +25,36 @@ use crate::source::mysql::types;
 use crate::source::snapshot::{KeyPlan, Part, SnapshotMeta, progress_bar};
 use crate::source::table_name::{Dialect, TableName};
 
-/// A consistent snapshot open on `conn`, at `coord` (and `gtid`, on MariaDB).
+/// A consistent snapshot open on `conn`, at `coord` and `gtid` (MariaDB's GTID state, or
+/// MySQL's executed set with gtid_mode = ON).
 pub struct Snapshot {
     pub conn: Conn,
     pub coord: BinlogCoord,
     pub gtid: Option<String>,
     pub taken_at: i64,
+}
+
+/// How a MySQL snapshot pins its binlog coordinate while its consistent read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMethod {
+    /// MariaDB: the consistent read reports its own coordinate; no lock.
+    None,
+    /// `FLUSH TABLES WITH READ LOCK` (RELOAD; refused on RDS and Aurora).
+    Global,
+    /// `LOCK TABLES <each copied table> READ` (LOCK TABLES and SELECT on them).
+    Tables,
+}
+
+impl LockMethod {
+    pub fn describe(self) -> &'static str {
+        match self {
+            LockMethod::None => "no lock (MariaDB reports the consistent read's binlog position)",
+            LockMethod::Global => "FLUSH TABLES WITH READ LOCK, held while the snapshot starts",
+            LockMethod::Tables => {
+                "LOCK TABLES ... READ on the copied tables, held while the snapshot starts"
+            }
+        }
+    }
 }
 
 /// How long a snapshot waits for prepared XA transactions to be committed or rolled back.
@@ -84,14 +110,15 @@ async fn prepared_xa(conn: &mut Conn) -> Result<Vec<String>> {
 /// consistent read cannot see their rows, so their XA COMMIT after it would capture nothing.
 /// Waits up to [`XA_WAIT`] for them to finish (checking before and after the snapshot opens,
 /// and opening it again when one appeared in between), then refuses, naming them.
-pub async fn open(src: &MySource, server: &ServerInfo) -> Result<Snapshot> {
+/// `tables` are the tables the snapshot copies (locked when only table locks are allowed).
+pub async fn open(src: &MySource, server: &ServerInfo, tables: &[TableId]) -> Result<Snapshot> {
     let mut check = sql_connect(src).await?;
     let deadline = std::time::Instant::now() + XA_WAIT;
     let mut warned = false;
     loop {
         let mut prepared = prepared_xa(&mut check).await?;
         if prepared.is_empty() {
-            let snapshot = open_consistent(src, server).await?;
+            let snapshot = open_consistent(src, server, tables).await?;
             prepared = prepared_xa(&mut check).await?;
             if prepared.is_empty() {
                 return Ok(snapshot);
@@ -115,7 +142,11 @@ pub async fn open(src: &MySource, server: &ServerInfo) -> Result<Snapshot> {
     }
 }
 
-async fn open_consistent(src: &MySource, server: &ServerInfo) -> Result<Snapshot> {
+async fn open_consistent(
+    src: &MySource,
+    server: &ServerInfo,
+    tables: &[TableId],
+) -> Result<Snapshot> {
     let mariadb = server.mariadb;
     let mut conn = sql_connect(src).await?;
     conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -133,30 +164,34 @@ async fn open_consistent(src: &MySource, server: &ServerInfo) -> Result<Snapshot
             .find(|(n, _)| n.eq_ignore_ascii_case(k))
             .map(|(_, v)| v.clone())
     };
-    let coord = match (get("binlog_snapshot_file"), get("binlog_snapshot_position")) {
-        (Some(f), Some(p)) if !f.is_empty() => BinlogCoord::new(
-            f,
-            p.parse()
-                .map_err(|_| Error::data(format!("binlog_snapshot_position {p:?}")))?,
-        ),
+    let (coord, gtid) = match (get("binlog_snapshot_file"), get("binlog_snapshot_position")) {
+        (Some(f), Some(p)) if !f.is_empty() => {
+            let coord = BinlogCoord::new(
+                f,
+                p.parse()
+                    .map_err(|_| Error::data(format!("binlog_snapshot_position {p:?}")))?,
+            );
+            let gtid: Option<String> = conn
+                .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&coord.file, coord.pos))
+                .await?
+                .flatten();
+            (coord, gtid)
+        }
         _ => {
-            // MySQL: a brief global read lock pins the position while the snapshot starts.
             conn.query_drop("ROLLBACK").await?;
             let mut lock = sql_connect(src).await?;
-            lock.query_drop("FLUSH TABLES WITH READ LOCK").await?;
-            conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                .await?;
-            let coord = crate::source::mysql::check::current_position(&mut lock, server).await;
+            let method = lock_for_snapshot(&mut lock, tables).await?;
+            tracing::info!(method = method.describe(), "consistent snapshot lock taken");
+            let started = conn
+                .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                .await;
+            let pinned = match started {
+                Ok(()) => pinned_position(&mut lock, server).await,
+                Err(e) => Err(e.into()),
+            };
             lock.query_drop("UNLOCK TABLES").await?;
-            coord?
+            pinned?
         }
-    };
-    let gtid: Option<String> = if mariadb {
-        conn.exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&coord.file, coord.pos))
-            .await?
-            .flatten()
-    } else {
-        None
     };
     let taken_at: Option<i64> = conn
         .query_first("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)")
@@ -167,6 +202,52 @@ async fn open_consistent(src: &MySource, server: &ServerInfo) -> Result<Snapshot
         gtid,
         taken_at: taken_at.unwrap_or(0),
     })
+}
+
+/// Takes the lock that pins a MySQL snapshot's coordinate on `lock`: the global read lock when
+/// the server allows it, else read locks on `tables`.
+async fn lock_for_snapshot(lock: &mut Conn, tables: &[TableId]) -> Result<LockMethod> {
+    let managed = crate::source::mysql::check::managed(lock).await;
+    if !managed {
+        match lock.query_drop("FLUSH TABLES WITH READ LOCK").await {
+            Ok(()) => return Ok(LockMethod::Global),
+            Err(mysql_async::Error::Server(e))
+                if crate::source::mysql::connect::codes::ACCESS.contains(&e.code) =>
+            {
+                tracing::info!(error = %e.message, "no global read lock for this user: locking the copied tables instead");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if tables.is_empty() {
+        return Ok(LockMethod::Tables);
+    }
+    let list = tables
+        .iter()
+        .map(|t| format!("{}.{} READ", quote_ident(&t.schema), quote_ident(&t.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    lock.query_drop(format!("LOCK TABLES {list}"))
+        .await
+        .map_err(|e| {
+            Error::from(e).context(format!(
+                "the snapshot needs a lock while it starts ({}): grant LOCK TABLES on the captured database \
+                 (GRANT LOCK TABLES ON db.* TO user), or RELOAD where FLUSH TABLES WITH READ LOCK is allowed",
+                if managed { "RDS/Aurora refuse FLUSH TABLES WITH READ LOCK" } else { "FLUSH TABLES WITH READ LOCK was refused" }
+            ))
+        })?;
+    Ok(LockMethod::Tables)
+}
+
+/// The binlog coordinate and, with `gtid_mode = ON`, the executed GTID set, read under the
+/// snapshot's lock.
+async fn pinned_position(
+    lock: &mut Conn,
+    server: &ServerInfo,
+) -> Result<(BinlogCoord, Option<String>)> {
+    let coord = crate::source::mysql::check::current_position(lock, server).await?;
+    let gtid = crate::source::mysql::check::mysql_gtid_executed(lock).await?;
+    Ok((coord, gtid))
 }
 
 /// Resolves configured table names (backticks as MySQL quotes; a bare name is in `database`)

@@ -27,6 +27,7 @@ use crate::position::BinlogCoord;
 use crate::source::mysql::binlog::{
     self, GtidState, MariaGtid, QueryKind, TablePlan, event, parse_table_map,
 };
+use crate::source::mysql::gtid::{GtidSet, MyGtid};
 
 /// What the pipeline receives, in binlog order.
 #[derive(Debug)]
@@ -36,7 +37,8 @@ pub enum MyEvent {
         tx: BinlogCoord,
         /// Commit time, UNIX micros (the binlog's second resolution).
         commit_ts: i64,
-        /// MariaDB: the GTID's sequence number (unique within its domain).
+        /// The GTID's sequence number (MariaDB: unique within its domain; MySQL: the gno,
+        /// unique within its source uuid).
         xid: Option<i64>,
     },
     /// Rows of one rows event: `ops[i]` with `values[i*n..(i+1)*n]`, `n` = column count.
@@ -63,7 +65,8 @@ pub enum MyEvent {
 #[derive(Debug, Clone)]
 pub struct StartAt {
     pub coord: BinlogCoord,
-    /// MariaDB: resume after this GTID state (every domain) instead of `coord`.
+    /// The GTID position after the last durable transaction: MariaDB's state (every domain)
+    /// or MySQL's executed set. With `use_gtid`, reading resumes there instead of at `coord`.
     pub gtid: Option<String>,
     pub use_gtid: bool,
 }
@@ -83,6 +86,27 @@ impl Capture {
             Capture::Tables(ts) => ts.contains(t),
         }
     }
+}
+
+/// MySQL: refuses a GTID position whose following transactions the server has purged (the
+/// server would otherwise end the dump with error 1236, or skip them on a replica).
+async fn refuse_purged(conn: &mut Conn, set: &GtidSet) -> Result<()> {
+    let row: Option<(Option<i64>, Option<String>)> = conn
+        .exec_first(
+            "SELECT GTID_SUBSET(@@GLOBAL.gtid_purged, ?), @@GLOBAL.gtid_purged",
+            (set.to_string(),),
+        )
+        .await?;
+    if let Some((Some(0), purged)) = row {
+        return Err(Error::config(format!(
+            "the server purged binlogs this pipeline has not read: gtid_purged {} is not contained in the pipeline's \
+             GTID position {set}. Changes since then are lost from the binlog; run `tidemark reset` to take a new snapshot, \
+             and keep binlogs longer (binlog_expire_logs_seconds; on RDS/Aurora: CALL mysql.rds_set_configuration('binlog retention hours', 168)). \
+             See \"Operations runbook\" in the README",
+            purged.unwrap_or_default().replace('\n', "")
+        )));
+    }
+    Ok(())
 }
 
 /// Handle on a running stream task.
@@ -115,23 +139,39 @@ pub async fn spawn(
         // Real GTID / annotate events instead of MySQL-compatible placeholders.
         conn.query_drop("SET @mariadb_slave_capability = 4").await?;
     }
-    let use_gtid = mariadb && start.use_gtid && start.gtid.is_some();
-    let state = GtidState::parse(start.gtid.as_deref().unwrap_or(""))?;
+    // MySQL: the executed set is tracked whenever the checkpoint has one (a snapshot taken
+    // with gtid_mode = ON records it), whatever the resume mode.
+    let mysql_set = match (&start.gtid, mariadb) {
+        (Some(g), false) => Some(GtidSet::parse(g)?),
+        _ => None,
+    };
+    let use_gtid = start.use_gtid && start.gtid.is_some();
+    let state = if mariadb {
+        GtidState::parse(start.gtid.as_deref().unwrap_or(""))?
+    } else {
+        GtidState::default()
+    };
     let state_for_check = state.clone();
-    if use_gtid {
+    if use_gtid && mariadb {
         conn.exec_drop("SET @slave_connect_state = ?", (state.to_string(),))
             .await?;
         conn.query_drop("SET @slave_gtid_strict_mode = 0, @slave_gtid_ignore_duplicates = 0")
             .await?;
+    }
+    if use_gtid && let Some(set) = &mysql_set {
+        refuse_purged(&mut conn, set).await?;
     }
     let file = if use_gtid {
         Vec::new()
     } else {
         start.coord.file.clone().into_bytes()
     };
-    let request = BinlogStreamRequest::new(server_id)
+    let mut request = BinlogStreamRequest::new(server_id)
         .with_filename(&file)
         .with_pos(if use_gtid { 4 } else { start.coord.pos });
+    if use_gtid && let Some(set) = &mysql_set {
+        request = request.with_gtid().with_gtid_set(set.to_sids()?);
+    }
     let stream = conn.get_binlog_stream(request).await?;
     let (tx, rx) = mpsc::channel(1024);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
@@ -142,9 +182,11 @@ pub async fn spawn(
         plans: HashMap::new(),
         group: None,
         state,
-        have_gtid: start.gtid.is_some(),
+        have_gtid: mariadb && start.gtid.is_some(),
+        mysql_set,
+        mariadb,
         xa_open: BTreeMap::new(),
-        gap_check: use_gtid.then_some(state_for_check),
+        gap_check: (use_gtid && mariadb).then_some(state_for_check),
     };
     let task = tokio::spawn(async move {
         let mut stream = stream;
@@ -185,6 +227,17 @@ struct Group {
     commit_ts: i64,
     /// Rows of a prepared XA group go to `Reader::xa_open` instead of the pipeline.
     xa_prepare: bool,
+    /// The XA id of an XA group (MariaDB: from its GTID event; MySQL: from `XA START`).
+    xa_key: Option<Vec<u8>>,
+    /// MySQL: the group's GTID, added to the executed set when the group commits.
+    my_gtid: Option<MyGtid>,
+}
+
+/// A prepared XA transaction not yet committed: where it began, its rows, its MySQL GTID.
+struct OpenXa {
+    begin: BinlogCoord,
+    rows: Vec<MyEvent>,
+    gtid: Option<MyGtid>,
 }
 
 struct Reader {
@@ -195,8 +248,12 @@ struct Reader {
     group: Option<Group>,
     state: GtidState,
     have_gtid: bool,
-    /// Prepared XA transactions not yet committed: where they began, and their rows.
-    xa_open: BTreeMap<Vec<u8>, (BinlogCoord, Vec<MyEvent>)>,
+    /// MySQL: the executed GTID set after the last whole transaction read (without the GTIDs
+    /// of prepared XA transactions still open, so resuming there re-reads them).
+    mysql_set: Option<GtidSet>,
+    mariadb: bool,
+    /// Prepared XA transactions not yet committed, by XA id.
+    xa_open: BTreeMap<Vec<u8>, OpenXa>,
     /// GTID resume: the requested state, checked against the GTID_LIST events the server sends
     /// before the first transaction. A list past it means the server skipped transactions
     /// (purged binlogs): MariaDB does not refuse that by itself when strict mode is off.
@@ -215,12 +272,15 @@ impl Reader {
         let xa_prepare = gtid
             .as_ref()
             .is_some_and(|g| g.flags & MariaGtid::FL_PREPARED_XA != 0);
+        let xa_key = gtid.as_ref().and_then(|g| g.xid.clone());
         self.group = Some(Group {
             begin,
             gtid,
             announced: false,
             commit_ts: i64::from(ts) * 1_000_000,
             xa_prepare,
+            xa_key,
+            my_gtid: None,
         });
     }
 
@@ -239,7 +299,12 @@ impl Reader {
         let ev = MyEvent::Begin {
             tx: g.begin.clone(),
             commit_ts: g.commit_ts,
-            xid: g.gtid.as_ref().and_then(|g| i64::try_from(g.seq).ok()),
+            xid: g
+                .gtid
+                .as_ref()
+                .map(|g| g.seq)
+                .or_else(|| g.my_gtid.as_ref().map(|g| g.gno))
+                .and_then(|n| i64::try_from(n).ok()),
         };
         self.send(ev).await
     }
@@ -256,13 +321,28 @@ impl Reader {
             .map(|g| g.begin.clone())
             .unwrap_or_else(|| here.clone());
         self.announce(&at, ts).await?;
-        if let Some(g) = self.group.take().and_then(|g| g.gtid) {
-            self.state.apply(&g);
-            self.have_gtid = true;
+        if let Some(g) = self.group.take() {
+            if let Some(gt) = g.gtid {
+                self.state.apply(&gt);
+                self.have_gtid = true;
+            }
+            if let (Some(set), Some(gt)) = (self.mysql_set.as_mut(), g.my_gtid) {
+                set.add(&gt);
+            }
         }
-        let (resume, gtid) = match self.xa_open.values().map(|(b, _)| b).min() {
-            Some(oldest) => (oldest.clone(), None),
-            None => (end.clone(), self.have_gtid.then(|| self.state.to_string())),
+        let (resume, gtid) = match self.xa_open.values().map(|x| &x.begin).min() {
+            // MySQL's set leaves the open XA transactions out: resuming there re-reads them.
+            Some(oldest) => (
+                oldest.clone(),
+                self.mysql_set.as_ref().map(|s| s.to_string()),
+            ),
+            None => (
+                end.clone(),
+                match &self.mysql_set {
+                    Some(set) => Some(set.to_string()),
+                    None => self.have_gtid.then(|| self.state.to_string()),
+                },
+            ),
         };
         let held = resume != end;
         self.send(MyEvent::Commit { resume, gtid }).await?;
@@ -277,18 +357,51 @@ impl Reader {
 
     async fn on_event(&mut self, ev: &mysql_common::binlog::events::Event) -> Result<()> {
         let h = ev.header();
-        let ty = h.event_type_raw();
-        let data = ev.data();
         let end = u64::from(h.log_pos());
         let here = BinlogCoord::new(
             self.file.clone(),
             end.saturating_sub(u64::from(h.event_size())),
         );
+        if h.event_type_raw() != event::TRANSACTION_PAYLOAD {
+            return self.handle(&h, ev.data(), here, end).await;
+        }
+        // binlog_transaction_compression: the transaction's events, compressed, in one event
+        // (its GTID event stays outside). Every inner event is at this event's coordinates.
+        let payload = ev
+            .read_event::<mysql_common::binlog::events::TransactionPayloadEvent<'_>>()
+            .map_err(|e| Error::data(format!("transaction payload at {here}: {e}")))?;
+        let mut data = payload
+            .decompressed()
+            .map_err(|e| Error::data(format!("transaction payload at {here}: {e}")))?;
+        let mut inner = mysql_common::binlog::EventStreamReader::new(
+            mysql_common::binlog::consts::BinlogVersion::Version4,
+        );
+        loop {
+            let next = inner
+                .read_decompressed(&mut data)
+                .map_err(|e| Error::data(format!("transaction payload at {here}: {e}")))?;
+            let Some(ev) = next else { break };
+            self.handle(&ev.header(), ev.data(), here.clone(), end)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One event of type `h.event_type_raw()` with body `data`, which begins at `here` and
+    /// ends at `end` in the current binlog file.
+    async fn handle(
+        &mut self,
+        h: &mysql_common::binlog::events::BinlogEventHeader,
+        data: &[u8],
+        here: BinlogCoord,
+        end: u64,
+    ) -> Result<()> {
+        let ty = h.event_type_raw();
         let ts = h.timestamp();
         tracing::trace!(event_type = ty, at = %here, "binlog event");
         match ty {
             event::ROTATE => {
-                let (pos, name) = binlog::parse_rotate(data, &binlog::header_bytes(&h))?;
+                let (pos, name) = binlog::parse_rotate(data, &binlog::header_bytes(h))?;
                 self.file = name;
                 if h.log_pos() != 0 && self.group.is_none() {
                     // A real rotate between transactions is a resume point.
@@ -325,7 +438,22 @@ impl Reader {
                 let g = MariaGtid::parse(data, h.server_id())?;
                 self.start_group(here, ts, Some(g));
             }
-            event::MYSQL_GTID | event::MYSQL_ANONYMOUS_GTID => self.start_group(here, ts, None),
+            event::MYSQL_GTID => {
+                self.start_group(here, ts, None);
+                if let Some(g) = self.group.as_mut() {
+                    g.my_gtid = Some(MyGtid::parse_event(data)?);
+                }
+            }
+            event::MYSQL_ANONYMOUS_GTID => self.start_group(here, ts, None),
+            event::MYSQL_GTID_TAGGED => {
+                if self.mysql_set.is_some() {
+                    return Err(Error::config(format!(
+                        "a tagged GTID at {here} (MySQL 8.3+ `SET gtid_next = 'AUTOMATIC:tag'`): tidemark cannot track tagged GTIDs yet. \
+                         Set source.resume = \"file\" (or --resume file) and run `tidemark reset` to take a snapshot that resumes by file:pos"
+                    )));
+                }
+                self.start_group(here, ts, None);
+            }
             event::QUERY => {
                 let (db, sql) = binlog::parse_query(data)?;
                 self.on_query(
@@ -342,13 +470,23 @@ impl Reader {
                     .await?
             }
             event::XA_PREPARE_LOG => {
-                let xid = binlog::xa_prepare_xid(data)?;
+                let (one_phase, xid) = binlog::xa_prepare_xid(data)?;
+                if one_phase {
+                    // XA COMMIT ... ONE PHASE (MySQL): the group commits here.
+                    let held = self.xa_open.remove(&xid);
+                    self.deliver_xa(held, &here, ts).await?;
+                    return self
+                        .commit(here, BinlogCoord::new(self.file.clone(), end), ts)
+                        .await;
+                }
                 if let Some(g) = self.group.take() {
-                    let entry = self
-                        .xa_open
-                        .entry(xid)
-                        .or_insert_with(|| (g.begin.clone(), Vec::new()));
-                    entry.0 = g.begin;
+                    let entry = self.xa_open.entry(xid).or_insert_with(|| OpenXa {
+                        begin: g.begin.clone(),
+                        rows: Vec::new(),
+                        gtid: None,
+                    });
+                    entry.begin = g.begin;
+                    entry.gtid = g.my_gtid;
                     if let Some(gt) = g.gtid {
                         self.state.apply(&gt);
                         self.have_gtid = true;
@@ -390,16 +528,16 @@ impl Reader {
                     values,
                 };
                 if let Some(g) = self.group.as_ref().filter(|g| g.xa_prepare) {
-                    let key = g
-                        .gtid
-                        .as_ref()
-                        .and_then(|g| g.xid.clone())
-                        .unwrap_or_default();
+                    let key = g.xa_key.clone().unwrap_or_default();
                     let begin = g.begin.clone();
                     self.xa_open
                         .entry(key)
-                        .or_insert_with(|| (begin, Vec::new()))
-                        .1
+                        .or_insert_with(|| OpenXa {
+                            begin,
+                            rows: Vec::new(),
+                            gtid: None,
+                        })
+                        .rows
                         .push(rows);
                 } else {
                     self.announce(&here, ts).await?;
@@ -409,7 +547,8 @@ impl Reader {
             event::MYSQL_PARTIAL_UPDATE_ROWS => {
                 return Err(Error::config(
                     "the binlog holds partial JSON updates (binlog_row_value_options = PARTIAL_JSON), which tidemark cannot apply: \
-                     SET GLOBAL binlog_row_value_options = ''",
+                     SET GLOBAL binlog_row_value_options = '' (and in my.cnf / the parameter group); the updates already \
+                     written this way cannot be read, so run `tidemark reset` for a new snapshot",
                 ));
             }
             t if (event::MARIA_COMPRESSED_FIRST..=event::MARIA_COMPRESSED_LAST).contains(&t) => {
@@ -430,6 +569,29 @@ impl Reader {
         Ok(())
     }
 
+    /// Sends the held rows of a committed XA transaction as the current group's rows.
+    async fn deliver_xa(
+        &mut self,
+        held: Option<OpenXa>,
+        here: &BinlogCoord,
+        ts: u32,
+    ) -> Result<()> {
+        let Some(x) = held else { return Ok(()) };
+        let at = self
+            .group
+            .as_ref()
+            .map_or_else(|| here.clone(), |g| g.begin.clone());
+        if let Some(g) = self.group.as_mut() {
+            // One-phase XA: the rows were held while the group looked prepared.
+            g.xa_prepare = false;
+        }
+        self.announce(&at, ts).await?;
+        for r in x.rows {
+            self.send(r).await?;
+        }
+        Ok(())
+    }
+
     async fn on_query(
         &mut self,
         db: &str,
@@ -443,6 +605,14 @@ impl Reader {
                 if self.group.is_none() {
                     self.start_group(here, ts, None);
                 }
+                // MySQL marks an XA group only by its `XA START` (MariaDB: in the GTID event).
+                if !self.mariadb
+                    && let Some(key) = binlog::xa_query_xid(sql)
+                    && let Some(g) = self.group.as_mut()
+                {
+                    g.xa_prepare = true;
+                    g.xa_key = Some(key);
+                }
             }
             QueryKind::Commit | QueryKind::Rollback => {
                 self.commit(here.clone(), end.clone(), ts).await?
@@ -453,20 +623,17 @@ impl Reader {
                 let xid = self
                     .group
                     .as_ref()
-                    .and_then(|g| g.gtid.as_ref())
-                    .and_then(|g| g.xid.clone());
+                    .and_then(|g| g.xa_key.clone())
+                    .or_else(|| binlog::xa_query_xid(sql));
                 let held = xid.and_then(|x| self.xa_open.remove(&x));
-                if let Some((_, rows)) = held
-                    && commit
-                {
-                    let at = self
-                        .group
-                        .as_ref()
-                        .map_or_else(|| here.clone(), |g| g.begin.clone());
-                    self.announce(&at, ts).await?;
-                    for r in rows {
-                        self.send(r).await?;
-                    }
+                if let (Some(set), Some(gt)) = (
+                    self.mysql_set.as_mut(),
+                    held.as_ref().and_then(|x| x.gtid.as_ref()),
+                ) {
+                    set.add(gt);
+                }
+                if commit {
+                    self.deliver_xa(held, &here, ts).await?;
                 }
                 self.commit(here.clone(), end.clone(), ts).await?;
             }

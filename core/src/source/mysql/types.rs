@@ -355,13 +355,75 @@ pub fn decode(d: &Decoder, ty: &ColumnType, c: &mut Cursor<'_>) -> Result<Value>
             let mut buf = mysql_common::io::ParseBuf(raw);
             match <mysql_common::binlog::jsonb::Value<'_> as mysql_common::proto::MyDeserialize>::deserialize((), &mut buf)
                 .ok()
-                .and_then(|j| serde_json::Value::try_from(j).ok())
+                .and_then(|j| j.parse().ok())
             {
-                Some(j) => Value::Text(j.to_string()),
+                Some(dom) => {
+                    let mut text = String::with_capacity(raw.len());
+                    json_text(&dom, &mut text);
+                    Value::Text(text)
+                }
                 None => Value::Unavailable,
             }
         }
     })
+}
+
+/// MySQL binary JSON as compact JSON text, with MySQL's own text for the scalars JSON lacks
+/// (what `CAST(j AS CHAR)` prints, up to whitespace and key order): a DECIMAL as a number
+/// with its exact digits, DATE/TIME/DATETIME/TIMESTAMP as quoted strings with microseconds,
+/// any other opaque value as `"base64:type<N>:<data>"`.
+fn json_text(dom: &mysql_common::binlog::jsonb::JsonDom, out: &mut String) {
+    use mysql_common::binlog::jsonb::{JsonContainer, JsonDom, JsonNumber, JsonScalar};
+    use std::fmt::Write;
+    let quote = |s: &str, out: &mut String| {
+        out.push_str(&serde_json::Value::String(s.to_string()).to_string());
+    };
+    match dom {
+        JsonDom::Container(JsonContainer::Array(items)) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json_text(v, out);
+            }
+            out.push(']');
+        }
+        JsonDom::Container(JsonContainer::Object(map)) => {
+            out.push('{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                quote(k, out);
+                out.push(':');
+                json_text(v, out);
+            }
+            out.push('}');
+        }
+        JsonDom::Scalar(JsonScalar::Null) => out.push_str("null"),
+        JsonDom::Scalar(JsonScalar::Boolean(b)) => out.push_str(if *b { "true" } else { "false" }),
+        JsonDom::Scalar(JsonScalar::String(s)) => quote(s, out),
+        JsonDom::Scalar(JsonScalar::Number(JsonNumber::Int(n))) => {
+            let _ = write!(out, "{n}");
+        }
+        JsonDom::Scalar(JsonScalar::Number(JsonNumber::Uint(n))) => {
+            let _ = write!(out, "{n}");
+        }
+        JsonDom::Scalar(JsonScalar::Number(JsonNumber::Double(x))) => {
+            match serde_json::Number::from_f64(*x) {
+                Some(n) => {
+                    let _ = write!(out, "{n}");
+                }
+                None => out.push_str("null"),
+            }
+        }
+        JsonDom::Scalar(JsonScalar::Number(JsonNumber::Decimal(d))) => {
+            let _ = write!(out, "{d}");
+        }
+        JsonDom::Scalar(JsonScalar::DateTime(t)) => quote(&format!("{t:.6}"), out),
+        JsonDom::Scalar(JsonScalar::Opaque(o)) => quote(&o.to_string(), out),
+    }
 }
 
 /// An integer in the column's (widened) type.
