@@ -9,10 +9,96 @@ use crate::error::{Error, ErrorKind, Result};
 /// Row events can be larger than the server's `max_allowed_packet` for clients; ask for the most.
 const MAX_PACKET: usize = 1 << 30;
 
+/// TLS to MySQL/MariaDB, set by the source URL's `sslmode` and `sslrootcert` parameters with
+/// PostgreSQL's names and meanings, on the SQL and the binlog connection alike:
+///
+/// | `sslmode` | TLS | server certificate |
+/// |---|---|---|
+/// | `disable` | never | — |
+/// | `prefer` (default) | when the server offers it; plaintext when it does not or the handshake fails (a warning) | not checked |
+/// | `require` | mandatory | not checked, unless `sslrootcert` is given: then as `verify-ca` |
+/// | `verify-ca` | mandatory | chain up to `sslrootcert` (else the Mozilla roots); not the host name |
+/// | `verify-full` | mandatory | chain and host name (the URL's host in the certificate's subjectAltName) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(v: &str) -> Result<Self> {
+        Ok(match v {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(Error::config(format!(
+                    "sslmode={other} in source.url: use disable, prefer, require, verify-ca or verify-full"
+                )));
+            }
+        })
+    }
+}
+
+/// Splits `sslmode` and `sslrootcert` off a mysql:// URL's parameters; the rest is left for
+/// the client library.
+fn split_tls(url: &str) -> Result<(String, SslMode, Option<String>)> {
+    let decode = |v: &str| {
+        percent_encoding::percent_decode_str(v)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| Error::config("source.url has a parameter that is not UTF-8 once decoded"))
+    };
+    let creds_end = url.find('@').map_or(0, |i| i + 1);
+    let Some(q) = url[creds_end..].find('?').map(|i| creds_end + i) else {
+        return Ok((url.to_string(), SslMode::default(), None));
+    };
+    let (head, query) = (&url[..q], &url[q + 1..]);
+    let (mut mode, mut root, mut kept) = (None, None, Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match decode(k)?.as_str() {
+            "sslmode" => mode = Some(SslMode::parse(&decode(v)?)?),
+            "sslrootcert" => root = Some(decode(v)?).filter(|r| !r.is_empty()),
+            "sslcert" | "sslkey" => {
+                return Err(Error::config(
+                    "TLS client certificates (sslcert, sslkey) are not supported for MySQL/MariaDB: authenticate with a password",
+                ));
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let mut out = head.to_string();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    Ok((out, mode.unwrap_or_default(), root))
+}
+
+/// The client library builds its TLS configuration with rustls' process-wide provider: with
+/// both *ring* (ours) and aws-lc-rs (the AWS SDK's) compiled in there is none until one is
+/// installed. Installs *ring* once; a provider already installed stays.
+fn ensure_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// A parsed `mysql://` (or `mariadb://`) source URL.
 #[derive(Clone)]
 pub struct MySource {
+    /// With TLS as `sslmode` asks (`prefer`: TLS first).
     pub opts: Opts,
+    /// `sslmode=prefer`: the same settings without TLS, for a server that does not offer it.
+    plain: Option<Opts>,
     /// The database named in the URL: the default schema of captured tables.
     pub database: String,
 }
@@ -44,6 +130,7 @@ pub fn source_settings(src: &SourceConfig) -> Result<MySource> {
         .strip_prefix("mariadb://")
         .map(|rest| format!("mysql://{rest}"))
         .unwrap_or_else(|| src.url.clone());
+    let (url, ssl_mode, root) = split_tls(&url)?;
     let opts = Opts::from_url(&url).map_err(|e| {
         Error::config(format!(
             "source.url is not a valid mysql:// URL ({}): expected mysql://user[:password]@host:port/database",
@@ -68,8 +155,40 @@ pub fn source_settings(src: &SourceConfig) -> Result<MySource> {
         .or_else(|| std::env::var("TIDEMARK_SOURCE_PASSWORD").ok())
         .or_else(|| std::env::var("MYSQL_PWD").ok());
     b = b.pass(password);
+    let over_socket = opts.socket().is_some();
+    let ssl = match ssl_mode {
+        _ if over_socket => None,
+        SslMode::Disable => None,
+        mode => {
+            let verify = match mode {
+                SslMode::VerifyFull => (true, true),
+                SslMode::VerifyCa => (true, false),
+                SslMode::Require if root.is_some() => (true, false),
+                _ => (false, false),
+            };
+            let mut ssl = mysql_async::SslOpts::default()
+                .with_danger_accept_invalid_certs(!verify.0)
+                .with_danger_skip_domain_validation(!verify.1);
+            if let Some(path) = &root {
+                if !std::path::Path::new(path).is_file() {
+                    return Err(Error::config(format!(
+                        "sslrootcert {path} is not a readable file: name the PEM file of the CA that signed the server's certificate"
+                    )));
+                }
+                ssl = ssl
+                    .with_root_certs(vec![std::path::PathBuf::from(path).into()])
+                    .with_disable_built_in_roots(true);
+            }
+            Some(ssl)
+        }
+    };
+    if ssl.is_some() {
+        ensure_tls_provider();
+    }
+    let plain = (ssl_mode == SslMode::Prefer && !over_socket).then(|| b.clone().into());
     Ok(MySource {
-        opts: b.into(),
+        opts: b.ssl_opts(ssl).into(),
+        plain,
         database,
     })
 }
@@ -81,10 +200,50 @@ fn redact(s: &str) -> String {
 
 /// Opens an SQL session with UTC time, utf8mb4 results and no statement timeout surprises.
 pub async fn sql_connect(src: &MySource) -> Result<Conn> {
-    let mut conn = Conn::new(src.opts.clone()).await?;
+    let mut conn = match (Conn::new(src.opts.clone()).await, &src.plain) {
+        (Ok(c), _) => c,
+        // sslmode=prefer: no TLS offered, or the handshake failed.
+        (Err(e @ (mysql_async::Error::Driver(_) | mysql_async::Error::Io(_))), Some(plain))
+            if tls_failure(&e) =>
+        {
+            tracing::warn!(error = %e, "TLS to MySQL/MariaDB failed with sslmode=prefer: connecting without TLS");
+            Conn::new(plain.clone()).await?
+        }
+        (Err(e), _) => return Err(tls_error(e)),
+    };
     conn.query_drop("SET time_zone = '+00:00', NAMES utf8mb4, SESSION sql_mode = ''")
         .await?;
     Ok(conn)
+}
+
+/// Whether a connection failed at TLS: the server offers none, or the handshake failed.
+fn tls_failure(e: &mysql_async::Error) -> bool {
+    match e {
+        mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer) => true,
+        mysql_async::Error::Io(mysql_async::IoError::Tls(_)) => true,
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
+    }
+}
+
+/// A TLS failure with what to change; other errors as they are.
+fn tls_error(e: mysql_async::Error) -> Error {
+    match &e {
+        mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer) => {
+            Error::config(
+                "the MySQL/MariaDB server does not offer TLS, which sslmode requires: configure ssl_cert/ssl_key on the server, \
+             or use sslmode=prefer or sslmode=disable",
+            )
+        }
+        mysql_async::Error::Io(_) if tls_failure(&e) => Error::config(format!(
+            "TLS to MySQL/MariaDB failed: {e}. Set sslrootcert=<path to the PEM file of the CA that signed the server's certificate> \
+             in the source URL, use sslmode=verify-ca when the certificate does not name the host you connect to, \
+             or sslmode=require to encrypt without verifying the server"
+        )),
+        _ => e.into(),
+    }
 }
 
 /// MySQL server error codes that change what a pipeline should do.
