@@ -208,18 +208,17 @@ async fn recovery_finds_what_an_unfinished_publish_sent_and_skips_it() {
     );
 }
 
-/// MariaDB → publisher → Kinesis → Lambda path → Parquet: SIGTERM and kill -9 restarts while a
+/// MariaDB and MySQL → publisher → Kinesis → Lambda path → Parquet: SIGTERM and kill -9 restarts while a
 /// workload runs, and a column added mid-stream (its schema-history object is written beside
 /// the published records, under the same intent).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mariadb_to_kinesis_to_lambda_equals_the_source_history() {
+async fn binlog_publish(server: tidemark_e2e::mysql::Server) {
     use tidemark_e2e::mysql::{self as my, exec};
     let k = kinesis().await;
-    let name = stream(&k, "e2e-publish-my", 2).await;
-    let mut c = my::conn().await;
-    let s = Scenario::mysql("mypublish");
+    let name = stream(&k, &format!("e2e-publish-{}", server.tag()), 2).await;
+    let mut c = server.conn().await;
+    let s = server.scenario("mypublish");
     let table = format!("t_{}", s.name);
-    my::versioned_table(&mut c, &table, 500).await;
+    server.versioned_table(&mut c, &table, 500).await;
     let qualified = format!("app.{table}");
     let publish = format!("kinesis://{name}");
     let sid = fastrand::u32(2_000_000..2_000_000_000).to_string();
@@ -235,7 +234,7 @@ async fn mariadb_to_kinesis_to_lambda_equals_the_source_history() {
     ];
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let load = tokio::spawn(my::workload(table.clone(), 501, stop_rx));
+    let load = tokio::spawn(server.workload(table.clone(), 501, stop_rx));
     for round in 0..5 {
         let mut child = s.spawn_run(&[&qualified], &args);
         tokio::time::sleep(Duration::from_millis(1500 + 400 * round)).await;
@@ -289,5 +288,9 @@ async fn mariadb_to_kinesis_to_lambda_equals_the_source_history() {
         root.join(&qualified).display()
     ));
     assert_eq!(rows[0]["n"].as_u64().unwrap() as usize, records);
-    my::drop_tables(&[&table]).await;
+    server.drop_tables(&[&table]).await;
 }
+tidemark_e2e::both_servers!(
+    mariadb_to_kinesis_to_lambda_equals_the_source_history,
+    super::binlog_publish
+);

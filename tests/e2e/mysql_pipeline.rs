@@ -487,10 +487,9 @@ async fn statement_format_dml_and_minimal_row_images_are_refused_with_the_fix() 
     my::drop_tables(&[&table]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_type_round_trips_through_snapshot_and_stream() {
-    let mut c = my::conn().await;
-    let s = Scenario::mysql("mytypes");
+async fn every_type(server: Server) {
+    let mut c = server.conn().await;
+    let s = server.scenario("mytypes");
     let table = format!("t_{}", s.name);
     let columns = [
         ("ti", "TINYINT"),
@@ -577,7 +576,7 @@ async fn every_type_round_trips_through_snapshot_and_stream() {
     exec(&mut c, &insert([11, 12, 13])).await; // the stream reads these
     run(&s);
 
-    // MariaDB's own rendering, as text, vs DuckDB's reading of the Parquet, as text.
+    // The server's own rendering, as text, vs DuckDB's reading of the Parquet, as text.
     let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
     let casts: Vec<String> = names
         .iter()
@@ -635,13 +634,18 @@ async fn every_type_round_trips_through_snapshot_and_stream() {
                     && serde_json::from_str::<serde_json::Value>(&want).ok()
                         == serde_json::from_str::<serde_json::Value>(&have).ok();
             if !same {
-                mismatches.push(format!("id {id} {n}: mariadb {want:?} parquet {have:?}"));
+                mismatches.push(format!("id {id} {n}: {server:?} {want:?} parquet {have:?}"));
             }
         }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
-    my::drop_tables(&[&table]).await;
+    server.drop_tables(&[&table]).await;
 }
+
+both_servers!(
+    every_type_round_trips_through_snapshot_and_stream,
+    every_type
+);
 
 /// XA: rows of a prepared transaction appear once, at its XA COMMIT, also when tidemark restarts
 /// between XA PREPARE and XA COMMIT; an XA ROLLBACK leaves nothing.
