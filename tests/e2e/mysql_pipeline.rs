@@ -648,7 +648,8 @@ both_servers!(
 );
 
 /// XA: rows of a prepared transaction appear once, at its XA COMMIT, also when tidemark restarts
-/// between XA PREPARE and XA COMMIT; an XA ROLLBACK leaves nothing.
+/// between XA PREPARE and XA COMMIT; an XA ROLLBACK leaves nothing; `XA COMMIT ... ONE PHASE`
+/// is an ordinary transaction.
 async fn xa_once_at_commit(server: Server) {
     let mut c = server.conn().await;
     let mut other = server.conn().await;
@@ -700,6 +701,12 @@ async fn xa_once_at_commit(server: Server) {
     exec(&mut c, &format!("XA COMMIT '{x1}'")).await;
     exec(&mut third, &format!("XA ROLLBACK '{x2}'")).await;
     exec(&mut c, &format!("UPDATE {table} SET v = 1 WHERE id = 1")).await;
+    let x3 = format!("{}_3", s.name);
+    exec(
+        &mut other,
+        &format!("XA START '{x3}'; INSERT INTO {table} VALUES (4, 0, 'one phase'); XA END '{x3}'; XA COMMIT '{x3}' ONE PHASE;"),
+    )
+    .await;
     run(&s);
     let got: Vec<String> = s
         .output_rows(&qualified, "_op, id, v")
@@ -713,7 +720,11 @@ async fn xa_once_at_commit(server: Server) {
             )
         })
         .collect();
-    assert_eq!(got, ["I 3 0", "I 1 0", "I 2 0", "U 1 1"], "{got:?}");
+    assert_eq!(
+        got,
+        ["I 3 0", "I 1 0", "I 2 0", "U 1 1", "I 4 0"],
+        "{got:?}"
+    );
     // `_xid`: the GTID sequence number, one per transaction.
     let xids: Vec<i64> = s
         .output_rows(&qualified, "_xid")
@@ -721,11 +732,11 @@ async fn xa_once_at_commit(server: Server) {
         .map(|r| r["_xid"].as_i64().expect("_xid set"))
         .collect();
     assert!(
-        xids[1] == xids[2] && xids[0] < xids[1] && xids[2] < xids[3],
+        xids[1] == xids[2] && xids[0] < xids[1] && xids[2] < xids[3] && xids[3] < xids[4],
         "{xids:?}"
     );
     let checked = assert_exactly_once_against(&s, &qualified, &versions(&mut c, &table).await);
-    assert_eq!(checked, 4);
+    assert_eq!(checked, 5);
     server.drop_tables(&[&table]).await;
 }
 
