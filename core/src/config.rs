@@ -29,7 +29,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// `postgres://user[:password]@host:port/dbname[?sslmode=...]` or
-    /// `mysql://user[:password]@host:port/database` (MySQL/MariaDB). The password may instead
+    /// `mysql://user[:password]@host:port/database[?sslmode=...&sslrootcert=...]` (MySQL/MariaDB). The password may instead
     /// come from `TIDEMARK_SOURCE_PASSWORD` (or `PGPASSWORD` / `MYSQL_PWD`); it is never logged.
     pub url: String,
     /// Tables to capture (`schema.table` or `table` for `public`). Empty: every table of the
@@ -53,8 +53,8 @@ pub struct SourceConfig {
     /// binlog readers. Default: derived from the pipeline name (in 1000000..2^31).
     #[serde(default)]
     pub server_id: Option<u32>,
-    /// MySQL/MariaDB: resume reading by `gtid` (default on MariaDB: survives a failover to a
-    /// server with the same GTID history) or by `file` (file:pos of the source server).
+    /// MySQL/MariaDB: resume reading by `gtid` (the default wherever the position has one:
+    /// MariaDB, and MySQL with gtid_mode = ON) or by `file` (file:pos of the source server).
     #[serde(default)]
     pub resume: Option<String>,
     /// Kinesis (`kinesis://<stream>`): the records' format, `auto` (detected per record),

@@ -519,7 +519,7 @@ async fn health_stays_green_through_a_long_snapshot_copy() {
     // A text key: copied in one COPY (no chunk commits that would refresh the status).
     c.batch_execute(&format!(
         "create table {t} (k text primary key, v text); \
-         insert into {t} select g::text, md5(g::text) || md5((g + 1)::text) from generate_series(1, 1500000) g;"
+         insert into {t} select g::text, md5(g::text) || md5((g + 1)::text) from generate_series(1, 4000000) g;"
     ))
     .await
     .unwrap();

@@ -1246,7 +1246,10 @@ async fn oracle_mysql_snapshot_without_reload_takes_table_locks() {
          GRANT SELECT, LOCK TABLES ON app.* TO 'tm_norl'@'127.0.0.1'; \
          CREATE USER IF NOT EXISTS 'tm_nolock'@'127.0.0.1' IDENTIFIED BY 'tidemark'; \
          GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'tm_nolock'@'127.0.0.1'; \
-         GRANT SELECT ON app.* TO 'tm_nolock'@'127.0.0.1';",
+         GRANT SELECT ON app.* TO 'tm_nolock'@'127.0.0.1'; \
+         CREATE USER IF NOT EXISTS 'tm_alldb'@'127.0.0.1' IDENTIFIED BY 'tidemark'; \
+         GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'tm_alldb'@'127.0.0.1'; \
+         GRANT ALL ON app.* TO 'tm_alldb'@'127.0.0.1';",
     )
     .await;
     let url = |user: &str| server.url().replacen("tidemark:", &format!("{user}:"), 1);
@@ -1304,6 +1307,11 @@ async fn oracle_mysql_snapshot_without_reload_takes_table_locks() {
     bare.source = Some(url("tm_nolock"));
     let (ok, report) = check(&bare);
     assert!(!ok && report.contains("GRANT LOCK TABLES"), "{report}");
+    // ALL on the database includes LOCK TABLES.
+    let mut all_db = server.scenario("myalldb");
+    all_db.source = Some(url("tm_alldb"));
+    let (ok, report) = check(&all_db);
+    assert!(ok && report.contains("LOCK TABLES ... READ"), "{report}");
 
     // A managed server (RDS): table locks whatever the grants, and binlog retention checked.
     exec(

@@ -55,7 +55,8 @@ enum Command {
     },
     /// Preflight. PostgreSQL: wal_level, free slots and WAL senders, REPLICATION privilege, keys and
     /// replica identity. MySQL/MariaDB: log_bin, binlog_format/row_image/row_metadata, grants,
-    /// binlog retention against the stored position, server_id collisions, primary keys.
+    /// binlog retention against the stored position, server_id collisions, primary keys; MySQL
+    /// also the snapshot's lock method, gtid_mode, PARTIAL_JSON and RDS binlog retention hours.
     #[command(verbatim_doc_comment)]
     Check {
         #[command(flatten)]
@@ -222,7 +223,8 @@ struct PipelineArgs {
     /// Create the DynamoDB positions table when it does not exist.
     #[arg(long)]
     create_table: bool,
-    /// MySQL/MariaDB: resume by `gtid` (default on MariaDB) or by binlog `file`:pos.
+    /// MySQL/MariaDB: resume by `gtid` (the default: MariaDB's GTID state, MySQL's executed
+    /// GTID set with gtid_mode=ON) or by binlog `file`:pos.
     #[arg(long, env = "TIDEMARK_RESUME", value_parser = ["gtid", "file"])]
     resume: Option<String>,
     /// MySQL/MariaDB: the binlog client's server_id, unique among replicas (default: derived

@@ -90,6 +90,8 @@ pub async fn run(
     let grants: Vec<String> = conn.query("SHOW GRANTS").await?;
     let all = grants.join(" ").to_ascii_uppercase();
     let has = |p: &str| all.contains("ALL PRIVILEGES ON *.*") || all.contains(p);
+    // Table-level privileges (SELECT, LOCK TABLES) are also in ALL [PRIVILEGES] on a database.
+    let has_on_db = |p: &str| has(p) || all.contains("ALL PRIVILEGES ON `");
     let monitor = server.monitor_privilege();
     for (p, why) in [
         ("REPLICATION SLAVE", "to read the binlog"),
@@ -97,7 +99,11 @@ pub async fn run(
         ("SELECT", "for the snapshot"),
     ] {
         // MariaDB 10.5+ shows REPLICATION CLIENT as BINLOG MONITOR and accepts both names.
-        let ok = has(p) || (p == "BINLOG MONITOR" && has("REPLICATION CLIENT"));
+        let ok = if p == "SELECT" {
+            has_on_db(p)
+        } else {
+            has(p) || (p == "BINLOG MONITOR" && has("REPLICATION CLIENT"))
+        };
         out.push(if ok {
             Finding::new("grants", Level::Ok, format!("{p} granted"))
         } else {
@@ -182,15 +188,16 @@ pub async fn run(
 
     if !server.mariadb {
         let managed = managed(conn).await;
+        let lock_tables = has_on_db("LOCK TABLES");
         out.push(if managed {
-            if has("LOCK TABLES") {
+            if lock_tables {
                 Finding::new("snapshot_lock", Level::Ok, "the snapshot uses LOCK TABLES ... READ on the copied tables while it starts (RDS/Aurora refuse FLUSH TABLES WITH READ LOCK)")
             } else {
                 Finding::new("snapshot_lock", Level::Error, "RDS/Aurora refuse FLUSH TABLES WITH READ LOCK, so the snapshot locks the copied tables while it starts: GRANT LOCK TABLES ON <db>.* TO <user>")
             }
         } else if has("RELOAD") {
             Finding::new("snapshot_lock", Level::Ok, "the snapshot uses FLUSH TABLES WITH READ LOCK while it starts (RELOAD granted)")
-        } else if has("LOCK TABLES") {
+        } else if lock_tables {
             Finding::new("snapshot_lock", Level::Ok, "the snapshot uses LOCK TABLES ... READ on the copied tables while it starts (no RELOAD for FLUSH TABLES WITH READ LOCK)")
         } else {
             Finding::new("snapshot_lock", Level::Error, "the snapshot needs a lock while it starts and the user has neither RELOAD (FLUSH TABLES WITH READ LOCK) nor LOCK TABLES: GRANT LOCK TABLES ON <db>.* TO <user>")

@@ -57,6 +57,9 @@ impl LockMethod {
     }
 }
 
+/// How long the snapshot's lock may wait for transactions running on the locked tables.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How long a snapshot waits for prepared XA transactions to be committed or rolled back.
 const XA_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -207,6 +210,13 @@ async fn open_consistent(
 /// Takes the lock that pins a MySQL snapshot's coordinate on `lock`: the global read lock when
 /// the server allows it, else read locks on `tables`.
 async fn lock_for_snapshot(lock: &mut Conn, tables: &[TableId]) -> Result<LockMethod> {
+    // Either lock waits behind transactions still running on the tables; the server's default
+    // wait is a year. After this long the lock fails (error 1205, retried by the worker).
+    lock.query_drop(format!(
+        "SET SESSION lock_wait_timeout = {}",
+        LOCK_WAIT.as_secs()
+    ))
+    .await?;
     let managed = crate::source::mysql::check::managed(lock).await;
     if !managed {
         match lock.query_drop("FLUSH TABLES WITH READ LOCK").await {
@@ -230,7 +240,13 @@ async fn lock_for_snapshot(lock: &mut Conn, tables: &[TableId]) -> Result<LockMe
     lock.query_drop(format!("LOCK TABLES {list}"))
         .await
         .map_err(|e| {
-            Error::from(e).context(format!(
+            let denied = matches!(&e, mysql_async::Error::Server(s)
+                if crate::source::mysql::connect::codes::ACCESS.contains(&s.code));
+            let e = Error::from(e);
+            if !denied {
+                return e.context("LOCK TABLES ... READ for the snapshot");
+            }
+            e.context(format!(
                 "the snapshot needs a lock while it starts ({}): grant LOCK TABLES on the captured database \
                  (GRANT LOCK TABLES ON db.* TO user), or RELOAD where FLUSH TABLES WITH READ LOCK is allowed",
                 if managed { "RDS/Aurora refuse FLUSH TABLES WITH READ LOCK" } else { "FLUSH TABLES WITH READ LOCK was refused" }

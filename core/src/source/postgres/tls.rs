@@ -1,8 +1,9 @@
 //! TLS to the source, shared by the SQL client ([`super::connect::sql_connect`]) and the
 //! replication client ([`super::replication::ReplicationClient`]).
 //!
-//! rustls with the *ring* provider, installed explicitly in every [`ClientConfig`] (the
-//! process-wide default provider is never used or set).
+//! rustls with the *ring* provider, installed explicitly in every [`ClientConfig`] (this module
+//! never uses or sets the process-wide default provider; the MySQL client library needs one,
+//! and `source::mysql::connect` installs *ring* there when a MySQL source uses TLS).
 //!
 //! # `sslmode` (source URL parameter; libpq semantics unless noted)
 //!
