@@ -701,10 +701,21 @@ async fn xa_once_at_commit(server: Server) {
     exec(&mut c, &format!("XA COMMIT '{x1}'")).await;
     exec(&mut third, &format!("XA ROLLBACK '{x2}'")).await;
     exec(&mut c, &format!("UPDATE {table} SET v = 1 WHERE id = 1")).await;
-    let x3 = format!("{}_3", s.name);
+    let (x3, x4) = (format!("{}_3", s.name), format!("{}_4", s.name));
     exec(
         &mut other,
         &format!("XA START '{x3}'; INSERT INTO {table} VALUES (4, 0, 'one phase'); XA END '{x3}'; XA COMMIT '{x3}' ONE PHASE;"),
+    )
+    .await;
+    // A one-phase XA transaction on a table not captured, then a captured insert (regression:
+    // MySQL's group stayed marked prepared and its commit came without a begin).
+    exec(
+        &mut other,
+        &format!(
+            "CREATE TABLE {table}_other (id INT PRIMARY KEY); \
+             XA START '{x4}'; INSERT INTO {table}_other VALUES (1); XA END '{x4}'; XA COMMIT '{x4}' ONE PHASE; \
+             INSERT INTO {table} VALUES (5, 0, 'after');"
+        ),
     )
     .await;
     run(&s);
@@ -722,7 +733,7 @@ async fn xa_once_at_commit(server: Server) {
         .collect();
     assert_eq!(
         got,
-        ["I 3 0", "I 1 0", "I 2 0", "U 1 1", "I 4 0"],
+        ["I 3 0", "I 1 0", "I 2 0", "U 1 1", "I 4 0", "I 5 0"],
         "{got:?}"
     );
     // `_xid`: the GTID sequence number, one per transaction.
@@ -732,12 +743,18 @@ async fn xa_once_at_commit(server: Server) {
         .map(|r| r["_xid"].as_i64().expect("_xid set"))
         .collect();
     assert!(
-        xids[1] == xids[2] && xids[0] < xids[1] && xids[2] < xids[3] && xids[3] < xids[4],
+        xids[1] == xids[2]
+            && xids[0] < xids[1]
+            && xids[2] < xids[3]
+            && xids[3] < xids[4]
+            && xids[4] < xids[5],
         "{xids:?}"
     );
     let checked = assert_exactly_once_against(&s, &qualified, &versions(&mut c, &table).await);
-    assert_eq!(checked, 5);
-    server.drop_tables(&[&table]).await;
+    assert_eq!(checked, 6);
+    server
+        .drop_tables(&[&table, &format!("{table}_other")])
+        .await;
 }
 
 both_servers!(

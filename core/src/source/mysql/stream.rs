@@ -576,15 +576,16 @@ impl Reader {
         here: &BinlogCoord,
         ts: u32,
     ) -> Result<()> {
+        // One-phase XA: the group looked prepared while its rows were held. Also when nothing
+        // was held (only tables not captured), its commit must announce it like any other.
+        if let Some(g) = self.group.as_mut() {
+            g.xa_prepare = false;
+        }
         let Some(x) = held else { return Ok(()) };
         let at = self
             .group
             .as_ref()
             .map_or_else(|| here.clone(), |g| g.begin.clone());
-        if let Some(g) = self.group.as_mut() {
-            // One-phase XA: the rows were held while the group looked prepared.
-            g.xa_prepare = false;
-        }
         self.announce(&at, ts).await?;
         for r in x.rows {
             self.send(r).await?;
