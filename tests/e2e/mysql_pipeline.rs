@@ -1276,16 +1276,7 @@ async fn oracle_mysql_snapshot_without_reload_takes_table_locks() {
     server.versioned_table(&mut c, &table, 20_000).await;
     let qualified = format!("app.{table}");
     let sid = server_id();
-    let check = |s: &Scenario| {
-        let out = s
-            .command("check", &[&qualified], &["--server-id", &sid])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let check = |s: &Scenario| s.check_report(&[&qualified], &["--server-id", &sid]);
     let (ok, report) = check(&s);
     assert!(
         ok && report.contains("LOCK TABLES ... READ") && report.contains("no RELOAD"),

@@ -304,20 +304,7 @@ async fn mysql_tls(server: tidemark_e2e::mysql::Server) {
     server.versioned_table(&mut c, &table, 500).await;
     let qualified = format!("app.{table}");
     let sid = (3_000_000 + fastrand::u32(..1_000_000)).to_string();
-    let check = |s: &Scenario| {
-        let out = s
-            .command("check", &[&qualified], &["--server-id", &sid])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    let check = |s: &Scenario| s.check_report(&[&qualified], &["--server-id", &sid]);
 
     s.source = Some(with("127.0.0.1", "sslmode=disable"));
     let (ok, out) = check(&s);

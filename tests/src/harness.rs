@@ -156,6 +156,23 @@ impl Scenario {
         c
     }
 
+    /// `tidemark check` of `tables` with `extra` flags: whether it passed, and its report
+    /// (stdout, then stderr).
+    pub fn check_report(&self, tables: &[&str], extra: &[&str]) -> (bool, String) {
+        let out = self
+            .command("check", tables, extra)
+            .output()
+            .expect("run tidemark check");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     /// Runs until everything committed before the call is durable; panics on failure.
     pub fn run_until_caught_up(&self, tables: &[&str]) -> Output {
         self.run_caught_up_with(tables, &["--flush-interval-ms", "300"])

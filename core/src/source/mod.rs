@@ -7,6 +7,7 @@ pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod snapshot;
+pub mod ssl_mode;
 pub mod table_name;
 
 /// How bad a finding is.

@@ -9,6 +9,8 @@ use crate::error::{Error, ErrorKind, Result};
 /// Row events can be larger than the server's `max_allowed_packet` for clients; ask for the most.
 const MAX_PACKET: usize = 1 << 30;
 
+pub use crate::source::ssl_mode::SslMode;
+
 /// TLS to MySQL/MariaDB, set by the source URL's `sslmode` and `sslrootcert` parameters with
 /// PostgreSQL's names and meanings, on the SQL and the binlog connection alike:
 ///
@@ -19,33 +21,7 @@ const MAX_PACKET: usize = 1 << 30;
 /// | `require` | mandatory | not checked, unless `sslrootcert` is given: then as `verify-ca` |
 /// | `verify-ca` | mandatory | chain up to `sslrootcert` (else the Mozilla roots); not the host name |
 /// | `verify-full` | mandatory | chain and host name (the URL's host in the certificate's subjectAltName) |
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SslMode {
-    Disable,
-    #[default]
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-impl SslMode {
-    fn parse(v: &str) -> Result<Self> {
-        Ok(match v {
-            "disable" => SslMode::Disable,
-            "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
-            other => {
-                return Err(Error::config(format!(
-                    "sslmode={other} in source.url: use disable, prefer, require, verify-ca or verify-full"
-                )));
-            }
-        })
-    }
-}
-
+///
 /// Splits `sslmode` and `sslrootcert` off a mysql:// URL's parameters; the rest is left for
 /// the client library.
 fn split_tls(url: &str) -> Result<(String, SslMode, Option<String>)> {

@@ -376,7 +376,9 @@ fn json_text(dom: &mysql_common::binlog::jsonb::JsonDom, out: &mut String) {
     use mysql_common::binlog::jsonb::{JsonContainer, JsonDom, JsonNumber, JsonScalar};
     use std::fmt::Write;
     let quote = |s: &str, out: &mut String| {
-        out.push_str(&serde_json::Value::String(s.to_string()).to_string());
+        if let Ok(q) = serde_json::to_string(s) {
+            out.push_str(&q);
+        }
     };
     match dom {
         JsonDom::Container(JsonContainer::Array(items)) => {

@@ -71,57 +71,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 const VERIFY_ADVICE: &str = "set sslrootcert=<path to the PEM file of the CA that signed the server's certificate> \
      in the source URL, or use sslmode=require to encrypt without verifying the server";
 
-/// `sslmode` of the source URL. See the [module documentation](self) for what each mode does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SslMode {
-    Disable,
-    #[default]
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
+pub use crate::source::ssl_mode::SslMode;
 
 impl SslMode {
-    /// Parses an `sslmode` value.
-    pub fn parse(value: &str) -> Result<Self> {
-        Ok(match value {
-            "disable" => SslMode::Disable,
-            "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
-            "allow" => {
-                return Err(Error::config(
-                    "sslmode=allow is not supported: use sslmode=prefer (TLS when the server offers it) or sslmode=disable",
-                ));
-            }
-            other => {
-                return Err(Error::config(format!(
-                    "unknown sslmode {other:?} in the source URL: use disable, prefer, require, verify-ca or verify-full"
-                )));
-            }
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        }
-    }
-
-    /// Whether a connection without TLS is refused.
-    pub fn requires_tls(self) -> bool {
-        matches!(
-            self,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-        )
-    }
-
     /// The closest mode tokio-postgres knows; the certificate checks are done by our verifier.
     pub(crate) fn to_pg(self) -> tokio_postgres::config::SslMode {
         use tokio_postgres::config::SslMode as Pg;
