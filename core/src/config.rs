@@ -138,6 +138,10 @@ pub struct BatchConfig {
     /// Rows per snapshot part file.
     #[serde(default = "default_snapshot_part_rows")]
     pub snapshot_part_rows: usize,
+    /// Batches encoded at once while the stream goes on (each holds up to `max_mib`); their
+    /// commits still run one at a time, in order.
+    #[serde(default = "default_in_flight")]
+    pub in_flight: usize,
 }
 
 fn yes() -> bool {
@@ -152,6 +156,9 @@ fn default_max_mib() -> usize {
 fn default_flush_ms() -> u64 {
     5_000
 }
+fn default_in_flight() -> usize {
+    2
+}
 fn default_snapshot_part_rows() -> usize {
     500_000
 }
@@ -163,6 +170,7 @@ impl Default for BatchConfig {
             max_mib: default_max_mib(),
             flush_interval_ms: default_flush_ms(),
             snapshot_part_rows: default_snapshot_part_rows(),
+            in_flight: default_in_flight(),
         }
     }
 }
@@ -303,10 +311,13 @@ impl Config {
         if self.kinesis_stream().is_none() {
             self.table_names()?;
         }
-        if self.batch.max_rows == 0 || self.batch.max_mib == 0 || self.batch.snapshot_part_rows == 0
+        if self.batch.max_rows == 0
+            || self.batch.max_mib == 0
+            || self.batch.snapshot_part_rows == 0
+            || self.batch.in_flight == 0
         {
             return Err(Error::config(
-                "batch.max_rows, batch.max_mib and batch.snapshot_part_rows must be > 0",
+                "batch.max_rows, batch.max_mib, batch.snapshot_part_rows and batch.in_flight must be > 0",
             ));
         }
         Ok(())

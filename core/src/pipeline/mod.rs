@@ -16,6 +16,8 @@ pub mod batch;
 pub mod capture;
 pub mod lease;
 pub mod status;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) mod stream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -6,16 +6,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::change::TableId;
-use crate::change::{Op, RowMeta, Value};
 use crate::config::{Config, legacy_object_name};
 use crate::error::{Error, Result};
 use crate::output::Layout;
 use crate::pipeline::capture::{self, TableSet};
-use crate::pipeline::{Batch, Pipeline, PipelineState, commit_batch, elapsed};
+use crate::pipeline::stream::StreamSettings;
+use crate::pipeline::{Pipeline, PipelineState};
 use crate::position::{Lsn, PgPosition};
 use crate::source::postgres::replication::ReplicationClient;
 use crate::source::postgres::snapshot::{self, CopyRange, KeyPlan, SnapshotMeta};
-use crate::source::postgres::stream::{self, Acked, PgEvent};
+use crate::source::postgres::stream::{self, Acked};
 use crate::source::postgres::{catalog, check, connect};
 use crate::source::table_name::Dialect;
 use crate::store::{
@@ -67,17 +67,8 @@ struct SnapshotSession<'a> {
     publication: String,
 }
 
-/// The transaction being received.
-struct Tx {
-    commit_lsn: Lsn,
-    pos: String,
-    commit_ts: i64,
-    xid: u32,
-    next_ord: u64,
-}
-
 impl Pipeline {
-    pub(super) async fn run_postgres(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    pub(super) async fn run_postgres(&mut self, shutdown: watch::Receiver<bool>) -> Result<()> {
         self.set_state(PipelineState::Connecting);
         let layout = Layout::new(&self.config.output.prefix, &self.config.pipeline);
         let mut cp = self.load_checkpoint().await?;
@@ -139,71 +130,15 @@ impl Pipeline {
             .await?;
         let acked = Acked::new(durable.ack_lsn);
         let only = cp.tables.clone().unwrap_or(captured).into_iter().collect();
-        let mut handle = stream::spawn(stream, sql, acked.clone(), STATUS_INTERVAL, Some(only));
+        let handle = stream::spawn(stream, sql, acked, STATUS_INTERVAL, Some(only));
         self.set_state(PipelineState::Streaming);
         tracing::info!(pipeline = %self.config.pipeline, position = %durable, slot, "streaming");
-
-        let mut run = StreamRun {
-            durable,
-            last_complete: durable,
-            tx: None,
-            batch: self.new_batch(),
-            cp,
-            layout,
-            acked,
-            server_wal_end: Lsn::ZERO,
-            skips: Vec::new(),
-            last_flush: std::time::Instant::now(),
-            idle_ack: Lsn::ZERO,
+        let settings = StreamSettings {
+            stop_at: self.stop_at,
+            idle_save: IDLE_ACK_INTERVAL,
         };
-        if let Some(s) = run.cp.snapshot.as_ref() {
-            run.skips = s
-                .skips
-                .iter()
-                .filter(|r| r.before > durable.commit_lsn)
-                .cloned()
-                .collect();
-        }
-        let flush_every = self.config.batch.flush_interval();
-        let mut tick = tokio::time::interval(flush_every.min(Duration::from_secs(1)));
-        let result = loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => {
-                    tracing::info!("shutting down: flushing and committing");
-                    break run.flush(self).await;
-                }
-                ev = handle.events.recv() => {
-                    let Some(ev) = ev else {
-                        break Err(Error::transient("replication stream task ended"));
-                    };
-                    if let Err(e) = run.on_event(self, ev?).await {
-                        break Err(e);
-                    }
-                    if let Some(stop_at) = self.stop_at
-                        && run.received_through(stop_at)
-                    {
-                        tracing::info!(%stop_at, "caught up with the WAL position at start-up");
-                        break run.flush(self).await;
-                    }
-                }
-                _ = tick.tick() => {
-                    if let Some(st) = &mut self.status {
-                        st.heartbeat();
-                    }
-                    if (elapsed(run.batch.started(), flush_every) || run.idle_ack_due())
-                        && let Err(e) = run.flush(self).await
-                    {
-                        break Err(e);
-                    }
-                }
-            }
-        };
-        let stopped = handle.stop().await;
-        if result.is_ok() {
-            self.set_state(PipelineState::Stopped);
-        }
-        result.and(stopped)
+        self.stream_changes(handle, cp, durable, layout, shutdown, settings)
+            .await
     }
 
     /// Checks that the slot is the one this pipeline recorded (issue 11 item 9) and records it
@@ -605,200 +540,4 @@ async fn create_temporary_slot(conn: &mut ReplicationClient, slot: &str) -> Resu
     let snapshot =
         snapshot.ok_or_else(|| Error::fatal("CREATE_REPLICATION_SLOT returned no snapshot"))?;
     Ok((point, snapshot))
-}
-
-/// State of one streaming session.
-struct StreamRun {
-    /// Committed: every row at or before it is durable.
-    durable: PgPosition,
-    /// After the last whole transaction received.
-    last_complete: PgPosition,
-    tx: Option<Tx>,
-    batch: Batch,
-    cp: Checkpoint,
-    layout: Layout,
-    acked: Acked,
-    /// The server's WAL position from its last keepalive: everything before it was sent.
-    server_wal_end: Lsn,
-    /// Ranges a resumed snapshot copied at a later point (empty once the stream is past them).
-    skips: Vec<SkipRule>,
-    last_flush: std::time::Instant,
-    /// A keepalive's WAL end received while nothing was buffered: acknowledged once saved.
-    idle_ack: Lsn,
-}
-
-impl StreamRun {
-    /// Whether every transaction committed before `lsn` has been received (flushing then
-    /// makes it durable).
-    fn received_through(&self, lsn: Lsn) -> bool {
-        self.tx.is_none() && self.last_complete.ack_lsn.max(self.server_wal_end) >= lsn
-    }
-
-    /// The position that covers every row received so far.
-    fn pending(&self) -> PgPosition {
-        match &self.tx {
-            Some(tx) => PgPosition {
-                commit_lsn: tx.commit_lsn,
-                rows: tx.next_ord,
-                ack_lsn: self.last_complete.ack_lsn,
-            },
-            None => self.last_complete,
-        }
-    }
-
-    async fn on_event(&mut self, p: &mut Pipeline, ev: PgEvent) -> Result<()> {
-        match ev {
-            PgEvent::Begin {
-                commit_lsn,
-                commit_ts,
-                xid,
-            } => {
-                self.tx = Some(Tx {
-                    commit_lsn,
-                    pos: commit_lsn.sortable(),
-                    commit_ts,
-                    xid,
-                    next_ord: 0,
-                });
-            }
-            PgEvent::Row { schema, op, values } => self.row(p, &schema, op, &values).await?,
-            PgEvent::Truncate { schemas } => {
-                for schema in schemas {
-                    let nulls = vec![Value::Null; schema.columns.len()];
-                    self.row(p, &schema, Op::Truncate, &nulls).await?;
-                }
-            }
-            PgEvent::Commit {
-                commit_lsn,
-                end_lsn,
-                ..
-            } => {
-                if self.tx.as_ref().is_some_and(|t| t.commit_lsn != commit_lsn) {
-                    return Err(Error::data(format!(
-                        "Commit at {commit_lsn} does not match its Begin"
-                    )));
-                }
-                self.tx = None;
-                self.last_complete = PgPosition::complete(commit_lsn, end_lsn);
-            }
-            PgEvent::Keepalive { wal_end } => {
-                self.server_wal_end = self.server_wal_end.max(wal_end);
-                // Nothing is buffered: everything the server sent is durable or not ours, so its
-                // WAL position can be released (no WAL pinned by idle or unpublished traffic).
-                // It is saved before it is acknowledged (see `flush`), so the slot never
-                // confirms more than the checkpoint holds: a slot that did was not ours.
-                if self.tx.is_none() && self.batch.is_empty() {
-                    self.idle_ack = self.idle_ack.max(wal_end);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn row(
-        &mut self,
-        p: &mut Pipeline,
-        schema: &crate::change::SchemaRef,
-        op: Op,
-        values: &[Value],
-    ) -> Result<()> {
-        let Some(tx) = self.tx.as_mut() else {
-            return Err(Error::data(format!(
-                "row for {} outside a transaction",
-                schema.id
-            )));
-        };
-        let ord = tx.next_ord;
-        if self.durable.covers(tx.commit_lsn, ord) {
-            tx.next_ord += 1; // replayed after a restart: already durable
-            return Ok(());
-        }
-        if !self.skips.is_empty() && op != Op::Truncate {
-            let commit_lsn = tx.commit_lsn;
-            self.skips.retain(|r| r.before > commit_lsn);
-            let key = KeyPlan::for_schema(schema).key_of(values);
-            if self
-                .skips
-                .iter()
-                .any(|r| r.covers(&schema.id, commit_lsn, key))
-            {
-                tx.next_ord += 1; // already in a resumed snapshot copied after this commit
-                return Ok(());
-            }
-        }
-        if self.batch.schema_differs(schema) {
-            self.flush(p).await?;
-        }
-        let Some(tx) = self.tx.as_mut() else {
-            return Ok(());
-        };
-        let meta = RowMeta {
-            op,
-            pos: &tx.pos,
-            ord,
-            commit_ts: tx.commit_ts,
-            xid: Some(i64::from(tx.xid)),
-        };
-        self.batch.push(schema, &meta, values)?;
-        tx.next_ord += 1;
-        let cfg = &p.config.batch;
-        if self.batch.rows() >= cfg.max_rows || self.batch.approx_bytes() >= cfg.max_bytes() {
-            self.flush(p).await?;
-        }
-        Ok(())
-    }
-
-    /// Whether an idle acknowledgement waits to be saved and the last save is a while ago.
-    fn idle_ack_due(&self) -> bool {
-        self.idle_ack > self.durable.ack_lsn
-            && self.tx.is_none()
-            && self.batch.is_empty()
-            && self.last_flush.elapsed() >= IDLE_ACK_INTERVAL
-    }
-
-    /// Makes everything received durable and commits the position; then acks it.
-    async fn flush(&mut self, p: &mut Pipeline) -> Result<()> {
-        let mut to = self.pending();
-        if self.tx.is_none() {
-            to.ack_lsn = to.ack_lsn.max(self.idle_ack);
-        }
-        if to <= self.durable && self.batch.is_empty() {
-            return Ok(());
-        }
-        let rows = self.batch.rows() as u64;
-        let last_ts = self.batch.last_commit_ts();
-        let started = std::time::Instant::now();
-        self.cp = p
-            .publish(&self.cp, &mut self.batch, &SourcePosition::Postgres(to))
-            .await?;
-        let objects = self.batch.encode(&self.layout)?;
-        let n_objects = objects.len();
-        let bytes: usize = objects.iter().map(|(_, b)| b.len()).sum();
-        self.cp = commit_batch(
-            p.store.as_ref(),
-            p.output.as_ref(),
-            &self.cp,
-            objects,
-            SourcePosition::Postgres(to),
-            last_ts,
-        )
-        .await?;
-        self.durable = to;
-        if self.tx.is_none() {
-            self.last_complete = to;
-        }
-        self.acked.advance(to.ack_lsn);
-        p.report_commit(&super::Committed {
-            rows,
-            objects: n_objects,
-            bytes,
-            started,
-            since: self.last_flush.elapsed(),
-            last_commit_ts: last_ts,
-            lag_bytes: Some(self.server_wal_end.0.saturating_sub(to.ack_lsn.0)),
-            position: &to,
-        });
-        self.last_flush = std::time::Instant::now();
-        Ok(())
-    }
 }

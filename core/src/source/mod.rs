@@ -2,12 +2,14 @@
 
 pub mod baseline;
 pub mod kinesis;
+pub mod memory;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod snapshot;
 pub mod ssl_mode;
+pub mod stream;
 pub mod table_name;
 
 /// How bad a finding is.

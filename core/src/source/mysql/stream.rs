@@ -21,44 +21,71 @@ use mysql_async::{BinlogStreamRequest, Conn};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::change::{Op, SchemaRef, TableId, Value};
+use crate::change::{Op, TableId, Value};
 use crate::error::{Error, Result};
-use crate::position::BinlogCoord;
+use crate::position::{BinlogCoord, Lsn, MyPosition};
 use crate::source::mysql::binlog::{
     self, GtidState, MariaGtid, QueryKind, TablePlan, event, parse_table_map,
 };
 use crate::source::mysql::gtid::{GtidSet, MyGtid};
+use crate::source::stream::{ChangeStream, SourceEvent, StreamPosition};
+use crate::store::SourcePosition;
 
 /// What the pipeline receives, in binlog order.
-#[derive(Debug)]
-pub enum MyEvent {
-    Begin {
-        /// Where the transaction's first event begins: orders transactions and names `_pos`.
-        tx: BinlogCoord,
-        /// Commit time, UNIX micros (the binlog's second resolution).
-        commit_ts: i64,
-        /// The GTID's sequence number (MariaDB: unique within its domain; MySQL: the gno,
-        /// unique within its source uuid).
-        xid: Option<i64>,
-    },
-    /// Rows of one rows event: `ops[i]` with `values[i*n..(i+1)*n]`, `n` = column count.
-    Rows {
-        schema: SchemaRef,
-        ops: Vec<Op>,
-        values: Vec<Value>,
-    },
-    /// A statement recorded in the schema history (DDL), inside the current transaction.
-    Ddl { database: String, query: String },
-    Commit {
-        /// Where reading resumes by file:pos after this transaction (or at the oldest open
-        /// XA transaction).
-        resume: BinlogCoord,
-        /// The GTID state after this transaction (`None` while an XA transaction is open or
-        /// when the server has no GTIDs).
-        gtid: Option<String>,
-    },
-    /// The server has sent everything before `at`.
-    Heartbeat { at: BinlogCoord },
+pub type MyEvent = SourceEvent<MyPosition>;
+
+/// A commit point: where reading resumes after it.
+#[derive(Debug, Clone)]
+pub struct MyCommit {
+    /// Where reading resumes by file:pos after this transaction (or at the oldest open XA
+    /// transaction).
+    pub resume: BinlogCoord,
+    /// The GTID state after this transaction (`None` while an XA transaction is open or when
+    /// the server has no GTIDs).
+    pub gtid: Option<String>,
+}
+
+/// Binlog positions: a transaction is named by where its first event begins (which orders
+/// transactions and names `_pos`); a restart resumes at `resume` or by `gtid`.
+impl StreamPosition for MyPosition {
+    type Tx = BinlogCoord;
+    type Commit = MyCommit;
+    type Progress = BinlogCoord;
+
+    fn tx_key(tx: &BinlogCoord) -> Lsn {
+        tx.key()
+    }
+    fn key(&self) -> Lsn {
+        self.tx.key()
+    }
+    fn rows(&self) -> u64 {
+        self.rows
+    }
+    fn partial(&self, tx: &BinlogCoord, rows: u64) -> Self {
+        MyPosition {
+            tx: tx.clone(),
+            rows,
+            resume: self.resume.clone(),
+            gtid: self.gtid.clone(),
+        }
+    }
+    fn complete(tx: BinlogCoord, commit: MyCommit) -> Result<Self> {
+        Ok(MyPosition {
+            tx,
+            rows: MyPosition::WHOLE,
+            resume: commit.resume,
+            gtid: commit.gtid,
+        })
+    }
+    fn received(&self) -> BinlogCoord {
+        self.resume.clone()
+    }
+    fn lag_bytes(&self, server: &BinlogCoord) -> Option<u64> {
+        (server.file == self.resume.file).then(|| server.pos.saturating_sub(self.resume.pos))
+    }
+    fn into_source(self) -> SourcePosition {
+        SourcePosition::Mysql(self)
+    }
 }
 
 /// Where and how to start reading.
@@ -114,6 +141,18 @@ pub struct StreamHandle {
     pub events: mpsc::Receiver<Result<MyEvent>>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+impl ChangeStream<MyPosition> for StreamHandle {
+    async fn next(&mut self) -> Option<Result<MyEvent>> {
+        self.events.recv().await
+    }
+    /// Nothing to confirm: the binlog is not released by readers.
+    fn ack(&mut self, _durable: &MyPosition) {}
+    async fn stop(self) -> Result<()> {
+        StreamHandle::stop(self).await;
+        Ok(())
+    }
 }
 
 impl StreamHandle {
@@ -345,12 +384,13 @@ impl Reader {
             ),
         };
         let held = resume != end;
-        self.send(MyEvent::Commit { resume, gtid }).await?;
+        self.send(MyEvent::Commit(MyCommit { resume, gtid }))
+            .await?;
         if held {
             // The resume point stays at an open XA transaction, but everything before `end`
             // was sent: without this, `--until-caught-up` under steady traffic (no
             // heartbeats) would wait for that XA transaction for ever.
-            self.send(MyEvent::Heartbeat { at: end }).await?;
+            self.send(MyEvent::Progress(end)).await?;
         }
         Ok(())
     }
@@ -405,17 +445,13 @@ impl Reader {
                 self.file = name;
                 if h.log_pos() != 0 && self.group.is_none() {
                     // A real rotate between transactions is a resume point.
-                    self.send(MyEvent::Heartbeat {
-                        at: BinlogCoord::new(self.file.clone(), pos),
-                    })
-                    .await?;
+                    self.send(MyEvent::Progress(BinlogCoord::new(self.file.clone(), pos)))
+                        .await?;
                 }
             }
             event::HEARTBEAT if self.group.is_none() => {
-                self.send(MyEvent::Heartbeat {
-                    at: BinlogCoord::new(self.file.clone(), end),
-                })
-                .await?;
+                self.send(MyEvent::Progress(BinlogCoord::new(self.file.clone(), end)))
+                    .await?;
             }
             event::MARIA_GTID_LIST => {
                 if let Some(wanted) = &self.gap_check {
@@ -559,10 +595,8 @@ impl Reader {
             }
             event::MARIA_BINLOG_CHECKPOINT if self.group.is_none() && end > 0 => {
                 // Between transactions: the server has sent everything up to here.
-                self.send(MyEvent::Heartbeat {
-                    at: BinlogCoord::new(self.file.clone(), end),
-                })
-                .await?;
+                self.send(MyEvent::Progress(BinlogCoord::new(self.file.clone(), end)))
+                    .await?;
             }
             _ => {} // ANNOTATE_ROWS, INTVAR, RAND, USER_VAR, STOP, ...
         }
@@ -675,9 +709,9 @@ impl Reader {
                     .map_or_else(|| here.clone(), |g| g.begin.clone());
                 self.announce(&at, ts).await?;
                 if self.capture.includes(&id) {
-                    self.send(MyEvent::Ddl {
+                    self.send(MyEvent::SchemaChange {
                         database: db.to_string(),
-                        query: sql.to_string(),
+                        statement: sql.to_string(),
                     })
                     .await?;
                 }
@@ -699,9 +733,9 @@ impl Reader {
                     .map_or_else(|| here.clone(), |g| g.begin.clone());
                 self.announce(&at, ts).await?;
                 if concerns(&self.capture, db, sql) {
-                    self.send(MyEvent::Ddl {
+                    self.send(MyEvent::SchemaChange {
                         database: db.to_string(),
-                        query: sql.to_string(),
+                        statement: sql.to_string(),
                     })
                     .await?;
                 }

@@ -18,42 +18,73 @@ use tokio_postgres::Client;
 
 use crate::change::{ColumnType, Op, SchemaRef, TableId, Value};
 use crate::error::{Error, Result};
-use crate::position::Lsn;
+use crate::position::{Lsn, PgPosition};
 use crate::source::postgres::catalog;
 use crate::source::postgres::pgoutput::{self, OldTuple, PgOutputMessage, TupleValue};
 use crate::source::postgres::replication::{ReplicationMessage, ReplicationStream};
 use crate::source::postgres::types;
+use crate::source::stream::{ChangeStream, SourceEvent, StreamPosition};
+use crate::store::SourcePosition;
 
 /// Quiet time after data before the stream task asks the server for a keepalive.
 const IDLE_PROBE: Duration = Duration::from_millis(50);
 
-/// What the pipeline receives, in WAL order.
-#[derive(Debug)]
-pub enum PgEvent {
-    Begin {
-        commit_lsn: Lsn,
-        commit_ts: i64,
-        xid: u32,
-    },
-    /// One row image. A key-changing UPDATE arrives as a `Delete` of the old key followed by an
-    /// `Update` with the new row.
-    Row {
-        schema: SchemaRef,
-        op: Op,
-        values: Vec<Value>,
-    },
-    Truncate {
-        schemas: Vec<SchemaRef>,
-    },
-    Commit {
-        commit_lsn: Lsn,
-        end_lsn: Lsn,
-        commit_ts: i64,
-    },
-    /// The server has sent everything up to `wal_end`.
-    Keepalive {
-        wal_end: Lsn,
-    },
+/// What the pipeline receives, in WAL order. A key-changing UPDATE arrives as a `Delete` row
+/// of the old key followed by an `Update` row with the new one.
+pub type PgEvent = SourceEvent<PgPosition>;
+
+/// A Commit message: the transaction's commit LSN (to match its Begin) and end.
+#[derive(Debug, Clone, Copy)]
+pub struct PgCommit {
+    pub commit_lsn: Lsn,
+    pub end_lsn: Lsn,
+}
+
+/// PostgreSQL positions: a transaction is named by its commit LSN; `ack_lsn` is what the slot
+/// may confirm, raised by keepalives received while nothing was buffered.
+impl StreamPosition for PgPosition {
+    type Tx = Lsn;
+    type Commit = PgCommit;
+    type Progress = Lsn;
+
+    fn tx_key(tx: &Lsn) -> Lsn {
+        *tx
+    }
+    fn key(&self) -> Lsn {
+        self.commit_lsn
+    }
+    fn rows(&self) -> u64 {
+        self.rows
+    }
+    fn partial(&self, tx: &Lsn, rows: u64) -> Self {
+        PgPosition {
+            commit_lsn: *tx,
+            rows,
+            ack_lsn: self.ack_lsn,
+        }
+    }
+    fn complete(tx: Lsn, commit: PgCommit) -> Result<Self> {
+        if tx != commit.commit_lsn {
+            return Err(Error::data(format!(
+                "Commit at {} does not match its Begin",
+                commit.commit_lsn
+            )));
+        }
+        Ok(PgPosition::complete(commit.commit_lsn, commit.end_lsn))
+    }
+    fn received(&self) -> Lsn {
+        self.ack_lsn
+    }
+    fn with_idle(mut self, idle: &Lsn) -> Self {
+        self.ack_lsn = self.ack_lsn.max(*idle);
+        self
+    }
+    fn lag_bytes(&self, server: &Lsn) -> Option<u64> {
+        Some(server.0.saturating_sub(self.ack_lsn.0))
+    }
+    fn into_source(self) -> SourcePosition {
+        SourcePosition::Postgres(self)
+    }
 }
 
 /// The LSN the pipeline has made durable; read by the stream task for status updates.
@@ -91,6 +122,19 @@ impl StreamHandle {
             Ok(Err(e)) => Err(Error::fatal(format!("stream task failed: {e}"))),
             Err(_) => Err(Error::transient("stream task did not stop within 10 s")),
         }
+    }
+}
+
+impl ChangeStream<PgPosition> for StreamHandle {
+    async fn next(&mut self) -> Option<Result<PgEvent>> {
+        self.events.recv().await
+    }
+    /// The next status update confirms `durable.ack_lsn` to the slot.
+    fn ack(&mut self, durable: &PgPosition) {
+        self.acked.advance(durable.ack_lsn);
+    }
+    async fn stop(self) -> Result<()> {
+        StreamHandle::stop(self).await
     }
 }
 
@@ -254,7 +298,7 @@ impl Reader {
                 if reply_requested {
                     self.send_status(false).await?;
                 }
-                self.emit(PgEvent::Keepalive { wal_end }).await
+                self.emit(PgEvent::Progress(wal_end)).await
             }
             ReplicationMessage::XLogData { wal_end, data, .. } => {
                 self.received = self.received.max(wal_end);
@@ -272,23 +316,21 @@ impl Reader {
                 xid,
             } => {
                 self.emit(PgEvent::Begin {
-                    commit_lsn: final_lsn,
+                    tx: final_lsn,
                     commit_ts,
-                    xid,
+                    xid: Some(i64::from(xid)),
                 })
                 .await
             }
             PgOutputMessage::Commit {
                 commit_lsn,
                 end_lsn,
-                commit_ts,
                 ..
             } => {
-                self.emit(PgEvent::Commit {
+                self.emit(PgEvent::Commit(PgCommit {
                     commit_lsn,
                     end_lsn,
-                    commit_ts,
-                })
+                }))
                 .await
             }
             PgOutputMessage::Relation {
