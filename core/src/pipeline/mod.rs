@@ -15,6 +15,8 @@
 pub mod batch;
 pub mod capture;
 pub mod lease;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod snapshot;
 pub mod status;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub(crate) mod stream;
@@ -394,79 +396,6 @@ impl Pipeline {
         if let Some(s) = &mut self.status {
             s.committed(c.position.to_string(), c.rows);
         }
-    }
-
-    /// Saves a snapshot chunk's progress: the table is done (`finished`) or copied up to
-    /// `progress`. Returns the saved checkpoint.
-    pub(crate) async fn save_chunk(
-        &self,
-        cp: &Checkpoint,
-        progress: &crate::store::TableProgress,
-        finished: bool,
-    ) -> Result<Checkpoint> {
-        let mut next = cp.next();
-        if let Some(s) = &mut next.snapshot {
-            if finished {
-                s.tables_done.push(progress.table.clone());
-                s.current = None;
-            } else {
-                s.current = Some(progress.clone());
-            }
-        }
-        self.store.save(cp.expected(), &next, None).await?;
-        Ok(next)
-    }
-
-    /// Keeps the status file fresh while a table is copied (issue 11 item 8): it is rewritten
-    /// every second while rows keep arriving (within [`COPY_STALL`]), so a health check sees a
-    /// long copy as alive while a copy that stopped moving goes stale like a hung worker.
-    /// Stops on drop.
-    pub(crate) fn copy_heartbeat(&self, bar: &indicatif::ProgressBar) -> Option<CopyHeartbeat> {
-        let mut status = self.status.clone()?;
-        let bar = bar.clone();
-        Some(CopyHeartbeat(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(COPY_HEARTBEAT);
-            let (mut seen, mut moved) = (bar.position(), Instant::now());
-            loop {
-                tick.tick().await;
-                let now = bar.position();
-                if now != seen {
-                    (seen, moved) = (now, Instant::now());
-                }
-                if moved.elapsed() < COPY_STALL {
-                    status.touch();
-                }
-            }
-        })))
-    }
-
-    /// Ends a table's copy: clears its progress bar, logs, updates the status file.
-    pub(crate) fn table_copied(
-        &mut self,
-        bar: &indicatif::ProgressBar,
-        progress: &crate::store::TableProgress,
-    ) {
-        bar.finish_and_clear();
-        let table = &progress.table;
-        tracing::info!(table = %table, rows = progress.rows_done, parts = progress.parts_done, "snapshot copied");
-        if let Some(s) = &mut self.status {
-            s.committed(format!("snapshot {table}"), progress.rows_done);
-        }
-    }
-}
-
-/// How often a table copy that is making progress refreshes the status file.
-const COPY_HEARTBEAT: Duration = Duration::from_secs(1);
-/// A copy whose row count has not moved for this long stops refreshing it (encoding and
-/// writing a part pauses the count for a while; a hung copy then goes stale).
-const COPY_STALL: Duration = Duration::from_secs(60);
-
-/// The status-file refresher of one table copy; aborted when dropped.
-pub(crate) struct CopyHeartbeat(tokio::task::JoinHandle<()>);
-
-impl Drop for CopyHeartbeat {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

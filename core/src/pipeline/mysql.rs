@@ -24,11 +24,11 @@ use crate::pipeline::{Pipeline, PipelineState};
 use crate::position::MyPosition;
 use crate::source::mysql::check;
 use crate::source::mysql::connect::{self, MySource, ServerInfo};
-use crate::source::mysql::snapshot::{self, ChunkRange};
+use crate::source::mysql::snapshot::{self, MyCopier};
 use crate::source::mysql::stream::{self, Capture, StartAt};
-use crate::source::snapshot::{KeyPlan, SnapshotMeta};
+use crate::source::snapshot::SnapshotMeta;
 use crate::source::table_name::Dialect;
-use crate::store::{Checkpoint, SnapshotProgress, SourcePosition, TableProgress};
+use crate::store::{Checkpoint, SnapshotProgress, SourcePosition};
 
 /// The captured tables of a MySQL pipeline: `tables` (resolved from `source.tables`), or, when
 /// empty, every table of the URL's database.
@@ -206,96 +206,25 @@ impl Pipeline {
             taken_at: snap.taken_at,
         };
         if self.config.source.snapshot {
-            for t in tables.iter().filter(|t| !progress.tables_done.contains(t)) {
-                let resume = cp
-                    .snapshot
-                    .as_ref()
-                    .and_then(|s| s.current.clone())
-                    .filter(|c| c.table == *t);
-                match self
-                    .mysql_copy_table(&mut snap.conn, layout, &meta, t, resume, cp, &shutdown)
-                    .await?
-                {
+            for (t, resume) in Self::tables_to_copy(&cp, tables) {
+                let mut copier = MyCopier::open(&mut snap.conn, &t).await?;
+                let copied = self
+                    .copy_table(&mut copier, &t, &meta, layout, resume, cp, &shutdown)
+                    .await?;
+                match copied {
                     Some(next) => cp = next,
                     None => return Ok(None),
                 }
             }
         }
         snap.conn.query_drop("COMMIT").await?;
-        let mut next = cp.next();
-        next.position = progress.start.clone();
-        next.last_commit_ts = Some(snap.taken_at);
-        next.tables = Some(captured.to_vec());
-        if let Some(s) = &mut next.snapshot {
-            s.done = true;
-            s.current = None;
-        }
-        self.store.save(cp.expected(), &next, None).await?;
+        let next = self
+            .finish_snapshot(cp, progress.start.clone(), snap.taken_at, captured)
+            .await?;
         tracing::info!(
             tables = tables.len(),
             "snapshot complete; streaming from its binlog position"
         );
         Ok(Some(next))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn mysql_copy_table(
-        &mut self,
-        conn: &mut mysql_async::Conn,
-        layout: &Layout,
-        meta: &SnapshotMeta<'_>,
-        table: &TableId,
-        resume: Option<TableProgress>,
-        mut cp: Checkpoint,
-        shutdown: &watch::Receiver<bool>,
-    ) -> Result<Option<Checkpoint>> {
-        let mut shutdown = shutdown.clone();
-        let (schema, data_types) = snapshot::table_schema(conn, table).await?;
-        let source_names = snapshot::source_columns(conn, table).await?;
-        let plan = KeyPlan::for_schema(&schema);
-        let part_rows = self.config.batch.snapshot_part_rows;
-        let mut progress = resume.unwrap_or(TableProgress {
-            table: table.clone(),
-            parts_done: 0,
-            rows_done: 0,
-            last_key: None,
-        });
-        let bar = snapshot::table_progress(conn, table, progress.rows_done, self.progress).await?;
-        let heartbeat = self.copy_heartbeat(&bar);
-        loop {
-            let chunked = matches!(plan, KeyPlan::Integer { .. });
-            let range = ChunkRange {
-                schema: &schema,
-                data_types: &data_types,
-                source_names: &source_names,
-                plan: &plan,
-                after: progress.last_key,
-                limit: chunked.then_some(part_rows),
-                part_rows,
-                first_part: progress.parts_done,
-                first_ord: progress.rows_done,
-                write_empty: progress.parts_done == 0,
-            };
-            if *shutdown.borrow() {
-                return Ok(None);
-            }
-            let output = self.output.clone();
-            let copy = snapshot::copy_range(conn, &range, meta, layout, output.as_ref(), &bar);
-            let copied = tokio::select! {
-                copied = copy => copied?,
-                _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
-            };
-            progress.parts_done += copied.parts;
-            progress.rows_done += copied.rows;
-            progress.last_key = copied.last_key.or(progress.last_key);
-            let finished = !chunked || copied.rows < part_rows as u64;
-            cp = self.save_chunk(&cp, &progress, finished).await?;
-            if finished {
-                break;
-            }
-        }
-        drop(heartbeat);
-        self.table_copied(&bar, &progress);
-        Ok(Some(cp))
     }
 }

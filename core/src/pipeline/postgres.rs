@@ -14,13 +14,11 @@ use crate::pipeline::stream::StreamSettings;
 use crate::pipeline::{Pipeline, PipelineState};
 use crate::position::{Lsn, PgPosition};
 use crate::source::postgres::replication::ReplicationClient;
-use crate::source::postgres::snapshot::{self, CopyRange, KeyPlan, SnapshotMeta};
+use crate::source::postgres::snapshot::{self, PgCopier, SnapshotMeta};
 use crate::source::postgres::stream::{self, Acked};
 use crate::source::postgres::{catalog, check, connect};
 use crate::source::table_name::Dialect;
-use crate::store::{
-    Checkpoint, SkipRule, SlotRecord, SnapshotProgress, SourcePosition, TableProgress,
-};
+use crate::store::{Checkpoint, SlotRecord, SnapshotProgress, SourcePosition};
 
 /// The slot and publication of a PostgreSQL pipeline: the configured names, else those its
 /// checkpoint recorded, else (a checkpoint from before names were recorded) the old default
@@ -372,13 +370,20 @@ impl Pipeline {
         };
 
         if self.config.source.snapshot {
-            for t in tables.iter().filter(|t| !progress.tables_done.contains(t)) {
-                let resume = cp
-                    .snapshot
-                    .as_ref()
-                    .and_then(|s| s.current.clone())
-                    .filter(|c| c.table == *t);
-                match self.copy_table(session, &meta, t, resume, cp).await? {
+            for (t, resume) in Self::tables_to_copy(&cp, &tables) {
+                let mut copier = PgCopier::open(sql, &t, &session.publication).await?;
+                let copied = self
+                    .copy_table(
+                        &mut copier,
+                        &t,
+                        &meta,
+                        layout,
+                        resume,
+                        cp,
+                        &session.shutdown,
+                    )
+                    .await?;
+                match copied {
                     Some(next) => cp = next,
                     None => return Ok(None),
                 }
@@ -386,136 +391,16 @@ impl Pipeline {
         }
         sql.batch_execute("commit").await?;
 
-        let mut next = cp.next();
         let start = PgPosition::before(progress.consistent_point);
-        next.position = Some(SourcePosition::Postgres(start));
-        next.last_commit_ts = Some(taken_at);
-        next.tables = Some(tables.clone());
-        if let Some(s) = &mut next.snapshot {
-            s.done = true;
-            s.current = None;
-        }
-        self.store.save(cp.expected(), &next, None).await?;
+        let next = self
+            .finish_snapshot(cp, Some(SourcePosition::Postgres(start)), taken_at, &tables)
+            .await?;
         tracing::info!(
             tables = tables.len(),
             consistent_point = %progress.consistent_point,
             "snapshot complete; streaming from its consistent point"
         );
         Ok(Some(next))
-    }
-
-    /// Records what a resumed snapshot will copy at `point` (skip rules) before copying it.
-    pub(super) async fn plan_resume(
-        &mut self,
-        cp: Checkpoint,
-        progress: SnapshotProgress,
-        tables: &[TableId],
-        point: Lsn,
-        layout: &Layout,
-    ) -> Result<Checkpoint> {
-        let mut next = cp.next();
-        let Some(s) = next.snapshot.as_mut() else {
-            return Err(Error::fatal("snapshot progress missing"));
-        };
-        for t in tables.iter().filter(|t| !progress.tables_done.contains(t)) {
-            match progress.current.as_ref().filter(|c| c.table == *t) {
-                Some(cur) if cur.last_key.is_some() => {
-                    // Parts up to the last durable key stay; anything after them is redone.
-                    self.delete_parts(layout, t, &progress.snapshot_id, cur.parts_done)
-                        .await?;
-                    s.skips.push(SkipRule {
-                        table: t.clone(),
-                        before: point,
-                        key_above: cur.last_key,
-                    });
-                }
-                _ => {
-                    self.delete_parts(layout, t, &progress.snapshot_id, 0)
-                        .await?;
-                    s.skips.push(SkipRule {
-                        table: t.clone(),
-                        before: point,
-                        key_above: None,
-                    });
-                    if s.current.as_ref().is_some_and(|c| c.table == *t) {
-                        s.current = None;
-                    }
-                }
-            }
-        }
-        self.store.save(cp.expected(), &next, None).await?;
-        Ok(next)
-    }
-
-    /// Deletes a table's snapshot parts numbered `from` and above.
-    pub(super) async fn delete_parts(
-        &self,
-        layout: &Layout,
-        table: &TableId,
-        snapshot_id: &str,
-        from: u32,
-    ) -> Result<()> {
-        super::delete_snapshot_parts(self.output.as_ref(), layout, table, snapshot_id, from).await
-    }
-
-    /// Copies one table (from its durable progress, if any), saving progress after every part
-    /// of a keyset-chunked table and marking the table done at the end. Returns `None` when
-    /// `shutdown` turned true: between chunks, or abandoning a whole-table COPY.
-    async fn copy_table(
-        &mut self,
-        session: &SnapshotSession<'_>,
-        meta: &SnapshotMeta<'_>,
-        table: &TableId,
-        resume: Option<TableProgress>,
-        mut cp: Checkpoint,
-    ) -> Result<Option<Checkpoint>> {
-        let (sql, layout) = (session.sql, session.layout);
-        let mut shutdown = session.shutdown.clone();
-        let (oid, schema, source_columns) =
-            catalog::published_schema(sql, table, &session.publication).await?;
-        let plan = KeyPlan::for_copy(&schema, &catalog::primary_key(sql, oid).await?);
-        let part_rows = self.config.batch.snapshot_part_rows;
-        let mut progress = resume.unwrap_or(TableProgress {
-            table: table.clone(),
-            parts_done: 0,
-            rows_done: 0,
-            last_key: None,
-        });
-        let bar = snapshot::table_progress(sql, table, progress.rows_done, self.progress).await?;
-        let heartbeat = self.copy_heartbeat(&bar);
-        loop {
-            let chunked = matches!(plan, KeyPlan::Integer { .. });
-            let range = CopyRange {
-                schema: &schema,
-                columns: &source_columns,
-                plan: &plan,
-                after: progress.last_key,
-                limit: chunked.then_some(part_rows),
-                part_rows,
-                first_part: progress.parts_done,
-                first_ord: progress.rows_done,
-                write_empty: progress.parts_done == 0,
-            };
-            if *shutdown.borrow() {
-                return Ok(None);
-            }
-            let copy = snapshot::copy_range(sql, &range, meta, layout, self.output.as_ref(), &bar);
-            let copied = tokio::select! {
-                copied = copy => copied?,
-                _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
-            };
-            progress.parts_done += copied.parts;
-            progress.rows_done += copied.rows;
-            progress.last_key = copied.last_key.or(progress.last_key);
-            let finished = !chunked || copied.rows < part_rows as u64;
-            cp = self.save_chunk(&cp, &progress, finished).await?;
-            if finished {
-                break;
-            }
-        }
-        drop(heartbeat);
-        self.table_copied(&bar, &progress);
-        Ok(Some(cp))
     }
 }
 

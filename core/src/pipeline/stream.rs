@@ -146,9 +146,12 @@ struct Tx<P: StreamPosition> {
     ddl: u32,
 }
 
+/// Encoded objects: key and bytes.
+type Objects = Vec<(String, Vec<u8>)>;
+
 /// A batch being encoded, and the position its commit moves to.
 struct InFlight<P> {
-    encode: tokio::task::JoinHandle<Result<Vec<(String, Vec<u8>)>>>,
+    encode: tokio::task::JoinHandle<Result<Objects>>,
     to: P,
     rows: u64,
     last_ts: Option<i64>,
@@ -457,6 +460,7 @@ impl<P: StreamPosition> StreamRun<P> {
 }
 
 #[cfg(all(test, feature = "postgres"))]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     //! The loop against an in-memory stream, a local directory and the local store: batching,
     //! ordering, acks, and a crash at every write of the commit protocol (by failpoint).

@@ -6,8 +6,11 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::change::{ColumnType, RowMeta, SchemaRef, TableId, TableSchema, Value};
+use std::future::Future;
+
+use crate::change::{ColumnType, Op, RowMeta, SchemaRef, TableId, TableSchema, Value};
 use crate::error::Result;
+use crate::output::{Layout, ObjectOutput};
 use crate::parquet::{ParquetFileWriter, TableBatchBuilder};
 
 const ROW_GROUP_ROWS: usize = 65_536;
@@ -76,6 +79,145 @@ impl KeyPlan {
             Value::I64(v) => Some(*v),
             _ => None,
         }
+    }
+}
+
+/// Which rows of a table one copy reads, and how its parts are numbered.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk {
+    /// Only rows whose integer key is above this (keyset pagination).
+    pub after: Option<i64>,
+    /// At most this many rows, in key order (one chunk). `None`: the whole table.
+    pub limit: Option<usize>,
+    pub part_rows: usize,
+    /// Number of the first part written.
+    pub first_part: u32,
+    /// `_ord` of the first row.
+    pub first_ord: u64,
+    /// Write a part even when the range is empty (so an empty table has a snapshot file).
+    pub write_empty: bool,
+}
+
+/// What one copy wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Copied {
+    pub rows: u64,
+    pub parts: u32,
+    /// Largest integer key copied.
+    pub last_key: Option<i64>,
+}
+
+/// Where a copy writes: the snapshot's metadata, the key layout, the output, the progress bar.
+pub struct CopyTarget<'a> {
+    pub meta: &'a SnapshotMeta<'a>,
+    pub layout: &'a Layout,
+    pub output: &'a dyn ObjectOutput,
+    pub bar: &'a ProgressBar,
+}
+
+/// One table of a source's consistent read, copied chunk by chunk (the snapshot driver in
+/// `pipeline::snapshot` calls it).
+pub trait TableCopier: Send {
+    fn schema(&self) -> &SchemaRef;
+    /// How the table is chunked: keyset chunks for a single integer key, else one copy.
+    fn plan(&self) -> &KeyPlan;
+    /// Copies `chunk` inside the consistent read into part objects ([`PartWriter`]). Part keys
+    /// depend only on part numbers, so a replay overwrites the same keys. Cancel-safe only in
+    /// that a dropped copy leaves parts the driver deletes or overwrites on resume.
+    fn copy<'a>(
+        &'a mut self,
+        chunk: &'a Chunk,
+        target: &'a CopyTarget<'a>,
+    ) -> impl Future<Output = Result<Copied>> + Send + 'a;
+    /// A progress bar for this table's copy (hidden when `enabled` is false), at `done` rows.
+    fn progress<'a>(
+        &'a mut self,
+        done: u64,
+        enabled: bool,
+    ) -> impl Future<Output = Result<ProgressBar>> + Send + 'a;
+}
+
+/// Writes a copy's rows, in order, into `snapshot_id=<id>/part-NNNNN.parquet` objects of
+/// `part_rows` rows each; memory holds one part's row groups at most.
+pub struct PartWriter<'a> {
+    schema: &'a SchemaRef,
+    chunk: &'a Chunk,
+    target: &'a CopyTarget<'a>,
+    part: Part,
+    out: Copied,
+}
+
+impl<'a> PartWriter<'a> {
+    pub fn new(
+        schema: &'a SchemaRef,
+        chunk: &'a Chunk,
+        target: &'a CopyTarget<'a>,
+    ) -> Result<Self> {
+        Ok(PartWriter {
+            schema,
+            chunk,
+            target,
+            part: Part::new(schema)?,
+            out: Copied::default(),
+        })
+    }
+
+    /// Adds one row (key plan `plan` tracks the largest key); writes the part when full.
+    pub async fn push(&mut self, plan: &KeyPlan, values: &[Value]) -> Result<()> {
+        let m = RowMeta {
+            op: Op::Snapshot,
+            pos: self.target.meta.pos,
+            ord: self.chunk.first_ord + self.out.rows,
+            commit_ts: self.target.meta.taken_at,
+            xid: None,
+        };
+        self.part.push(&m, values)?;
+        if let Some(k) = plan.key_of(values) {
+            self.out.last_key = Some(self.out.last_key.map_or(k, |l: i64| l.max(k)));
+        }
+        self.out.rows += 1;
+        if self.part.rows == self.chunk.part_rows {
+            let full = std::mem::replace(&mut self.part, Part::new(self.schema)?);
+            self.put(full).await?;
+        }
+        if self.out.rows.is_multiple_of(4096) {
+            self.target.bar.inc(4096);
+        }
+        Ok(())
+    }
+
+    async fn put(&mut self, part: Part) -> Result<()> {
+        let t = self.target;
+        let key = t.layout.snapshot_key(
+            &self.schema.id,
+            t.meta.snapshot_id,
+            self.chunk.first_part + self.out.parts,
+        );
+        t.output.put(&key, part.finish()?).await?;
+        self.out.parts += 1;
+        Ok(())
+    }
+
+    /// Writes the last part (or an empty one when the chunk asks for it).
+    pub async fn finish(self) -> Result<Copied> {
+        let PartWriter {
+            schema,
+            chunk,
+            target,
+            part,
+            mut out,
+        } = self;
+        target.bar.inc(out.rows % 4096);
+        if part.rows > 0 || (chunk.write_empty && out.parts == 0) {
+            let key = target.layout.snapshot_key(
+                &schema.id,
+                target.meta.snapshot_id,
+                chunk.first_part + out.parts,
+            );
+            target.output.put(&key, part.finish()?).await?;
+            out.parts += 1;
+        }
+        Ok(out)
     }
 }
 

@@ -16,13 +16,14 @@ use indicatif::ProgressBar;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
-use crate::change::{Column, Op, RowMeta, SchemaRef, TableId, TableSchema};
+use crate::change::{Column, SchemaRef, TableId, TableSchema};
 use crate::error::{Error, Result};
-use crate::output::{Layout, ObjectOutput};
 use crate::position::BinlogCoord;
 use crate::source::mysql::connect::{MySource, ServerInfo, quote_ident, sql_connect};
 use crate::source::mysql::types;
-use crate::source::snapshot::{KeyPlan, Part, SnapshotMeta, progress_bar};
+use crate::source::snapshot::{
+    Chunk, Copied, CopyTarget, KeyPlan, PartWriter, TableCopier, progress_bar,
+};
 use crate::source::table_name::{Dialect, TableName};
 
 /// A consistent snapshot open on `conn`, at `coord` and `gtid` (MariaDB's GTID state, or
@@ -392,158 +393,135 @@ pub async fn table_schema(conn: &mut Conn, table: &TableId) -> Result<(SchemaRef
     Ok((std::sync::Arc::new(schema), data_types))
 }
 
-/// One chunk (or the whole table) to copy.
-pub struct ChunkRange<'a> {
-    pub schema: &'a SchemaRef,
-    pub data_types: &'a [String],
+/// One table copied inside the snapshot's consistent read, with a streamed SELECT.
+pub struct MyCopier<'c> {
+    conn: &'c mut Conn,
+    schema: SchemaRef,
+    data_types: Vec<String>,
     /// Source column names (the output may rename some).
-    pub source_names: &'a [String],
-    pub plan: &'a KeyPlan,
-    pub after: Option<i64>,
-    pub limit: Option<usize>,
-    pub part_rows: usize,
-    pub first_part: u32,
-    pub first_ord: u64,
-    pub write_empty: bool,
+    source_names: Vec<String>,
+    plan: KeyPlan,
 }
 
-/// What a chunk copy wrote.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Copied {
-    pub rows: u64,
-    pub parts: u32,
-    pub last_key: Option<i64>,
-}
-
-/// Copies a range of a table into `snapshot_id=<id>/part-NNNNN.parquet` objects, streaming
-/// rows (never the whole result) from the snapshot session. Part keys depend only on part
-/// numbers, so a replay overwrites the same keys.
-pub async fn copy_range(
-    conn: &mut Conn,
-    r: &ChunkRange<'_>,
-    meta: &SnapshotMeta<'_>,
-    layout: &Layout,
-    output: &dyn ObjectOutput,
-    bar: &ProgressBar,
-) -> Result<Copied> {
-    let schema = r.schema;
-    let table = &schema.id;
-    // FLOAT is cast to DOUBLE: the text protocol rounds FLOAT to 6 significant digits, the
-    // binlog carries the stored value, and f32 -> f64 -> text -> f32 is exact.
-    let cols: Vec<String> = r
-        .source_names
-        .iter()
-        .zip(r.data_types)
-        .map(|(c, t)| {
-            if t.eq_ignore_ascii_case("float") {
-                format!("CAST({} AS DOUBLE)", quote_ident(c))
-            } else {
-                quote_ident(c)
-            }
+impl<'c> MyCopier<'c> {
+    pub async fn open(conn: &'c mut Conn, table: &TableId) -> Result<Self> {
+        let (schema, data_types) = table_schema(conn, table).await?;
+        let source_names = source_columns(conn, table).await?;
+        let plan = KeyPlan::for_schema(&schema);
+        Ok(MyCopier {
+            conn,
+            schema,
+            data_types,
+            source_names,
+            plan,
         })
-        .collect();
-    let mut sql = format!(
-        "SELECT {} FROM {}.{}",
-        cols.join(", "),
-        quote_ident(&table.schema),
-        quote_ident(&table.name)
-    );
-    if let KeyPlan::Integer { index, .. } = r.plan {
-        let key = r
-            .source_names
-            .get(*index)
-            .map(|c| quote_ident(c))
-            .unwrap_or_default();
-        if let Some(after) = r.after {
-            sql.push_str(&format!(" WHERE {key} > {after}"));
-        }
-        sql.push_str(&format!(" ORDER BY {key}"));
-        if let Some(limit) = r.limit {
-            sql.push_str(&format!(" LIMIT {limit}"));
-        }
     }
-    let mut result = conn.query_iter(sql).await?;
-    let mut stream = result
-        .stream::<mysql_async::Row>()
-        .await?
-        .ok_or_else(|| Error::fatal("snapshot query returned no result set"))?;
-    let mut part = Part::new(schema)?;
-    let mut out = Copied::default();
-    let mut values = Vec::with_capacity(schema.columns.len());
-    while let Some(row) = stream.next().await {
-        let mut row = row?;
-        values.clear();
-        for (i, col) in schema.columns.iter().enumerate() {
-            let v = match row.take::<mysql_async::Value, _>(i) {
-                None | Some(mysql_async::Value::NULL) => crate::change::Value::Null,
-                Some(mysql_async::Value::Bytes(b)) => {
-                    types::parse_text(&col.ty, &r.data_types[i], &b)
-                        .map_err(|e| e.context(format!("{table}.{}", col.name)))?
-                }
-                Some(other) => {
-                    let text = other.as_sql(true);
-                    types::parse_text(
-                        &col.ty,
-                        &r.data_types[i],
-                        text.trim_matches('\'').as_bytes(),
-                    )
-                    .map_err(|e| e.context(format!("{table}.{}", col.name)))?
-                }
-            };
-            values.push(v);
-        }
-        let m = RowMeta {
-            op: Op::Snapshot,
-            pos: meta.pos,
-            ord: r.first_ord + out.rows,
-            commit_ts: meta.taken_at,
-            xid: None,
-        };
-        part.push(&m, &values)?;
-        if let Some(k) = r.plan.key_of(&values) {
-            out.last_key = Some(out.last_key.map_or(k, |l: i64| l.max(k)));
-        }
-        out.rows += 1;
-        if part.rows == r.part_rows {
-            let full = std::mem::replace(&mut part, Part::new(schema)?);
-            let key = layout.snapshot_key(table, meta.snapshot_id, r.first_part + out.parts);
-            output.put(&key, full.finish()?).await?;
-            out.parts += 1;
-        }
-        if out.rows.is_multiple_of(4096) {
-            bar.inc(4096);
-        }
-    }
-    drop(stream);
-    drop(result);
-    bar.inc(out.rows % 4096);
-    if part.rows > 0 || (r.write_empty && out.parts == 0) {
-        let key = layout.snapshot_key(table, meta.snapshot_id, r.first_part + out.parts);
-        output.put(&key, part.finish()?).await?;
-        out.parts += 1;
-    }
-    Ok(out)
 }
 
-/// A progress bar for one table's copy against the server's row estimate.
-pub async fn table_progress(
-    conn: &mut Conn,
-    table: &TableId,
-    done: u64,
-    enabled: bool,
-) -> Result<ProgressBar> {
-    if !enabled {
-        return Ok(ProgressBar::hidden());
+impl TableCopier for MyCopier<'_> {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
     }
-    let estimate: Option<Option<u64>> = conn
-        .exec_first(
-            "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-            (&table.schema, &table.name),
-        )
-        .await?;
-    let bar = progress_bar(table, estimate.flatten().unwrap_or(0).max(done), true);
-    bar.set_position(done);
-    Ok(bar)
+    fn plan(&self) -> &KeyPlan {
+        &self.plan
+    }
+
+    /// Streams rows (never the whole result) from the snapshot session.
+    async fn copy<'a>(
+        &'a mut self,
+        chunk: &'a Chunk,
+        target: &'a CopyTarget<'a>,
+    ) -> Result<Copied> {
+        let schema = &self.schema;
+        let table = &schema.id;
+        // FLOAT is cast to DOUBLE: the text protocol rounds FLOAT to 6 significant digits, the
+        // binlog carries the stored value, and f32 -> f64 -> text -> f32 is exact.
+        let cols: Vec<String> = self
+            .source_names
+            .iter()
+            .zip(&self.data_types)
+            .map(|(c, t)| {
+                if t.eq_ignore_ascii_case("float") {
+                    format!("CAST({} AS DOUBLE)", quote_ident(c))
+                } else {
+                    quote_ident(c)
+                }
+            })
+            .collect();
+        let mut sql = format!(
+            "SELECT {} FROM {}.{}",
+            cols.join(", "),
+            quote_ident(&table.schema),
+            quote_ident(&table.name)
+        );
+        if let KeyPlan::Integer { index, .. } = &self.plan {
+            let key = self
+                .source_names
+                .get(*index)
+                .map(|c| quote_ident(c))
+                .unwrap_or_default();
+            if let Some(after) = chunk.after {
+                sql.push_str(&format!(" WHERE {key} > {after}"));
+            }
+            sql.push_str(&format!(" ORDER BY {key}"));
+            if let Some(limit) = chunk.limit {
+                sql.push_str(&format!(" LIMIT {limit}"));
+            }
+        }
+        let mut result = self.conn.query_iter(sql).await?;
+        let mut stream = result
+            .stream::<mysql_async::Row>()
+            .await?
+            .ok_or_else(|| Error::fatal("snapshot query returned no result set"))?;
+        let mut parts = PartWriter::new(schema, chunk, target)?;
+        let mut values = Vec::with_capacity(schema.columns.len());
+        let data_types = &self.data_types;
+        while let Some(row) = stream.next().await {
+            let mut row = row?;
+            values.clear();
+            for (i, col) in schema.columns.iter().enumerate() {
+                let v = match row.take::<mysql_async::Value, _>(i) {
+                    None | Some(mysql_async::Value::NULL) => crate::change::Value::Null,
+                    Some(mysql_async::Value::Bytes(b)) => {
+                        types::parse_text(&col.ty, &data_types[i], &b)
+                            .map_err(|e| e.context(format!("{table}.{}", col.name)))?
+                    }
+                    Some(other) => {
+                        let text = other.as_sql(true);
+                        types::parse_text(
+                            &col.ty,
+                            &data_types[i],
+                            text.trim_matches('\'').as_bytes(),
+                        )
+                        .map_err(|e| e.context(format!("{table}.{}", col.name)))?
+                    }
+                };
+                values.push(v);
+            }
+            parts.push(&self.plan, &values).await?;
+        }
+        drop(stream);
+        drop(result);
+        parts.finish().await
+    }
+
+    /// Against the server's row estimate.
+    async fn progress(&mut self, done: u64, enabled: bool) -> Result<ProgressBar> {
+        if !enabled {
+            return Ok(ProgressBar::hidden());
+        }
+        let table = &self.schema.id;
+        let estimate: Option<Option<u64>> = self
+            .conn
+            .exec_first(
+                "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&table.schema, &table.name),
+            )
+            .await?;
+        let bar = progress_bar(table, estimate.flatten().unwrap_or(0).max(done), true);
+        bar.set_position(done);
+        Ok(bar)
+    }
 }
 
 /// The source column names of a table (in order), for the SELECT list.

@@ -12,12 +12,11 @@ use futures_util::StreamExt;
 use indicatif::ProgressBar;
 use tokio_postgres::Client;
 
-use crate::change::{Op, RowMeta, SchemaRef, TableId, Value};
+use crate::change::{SchemaRef, TableId, Value};
 use crate::error::{Error, Result};
-use crate::output::{Layout, ObjectOutput};
 use crate::source::postgres::{catalog, copy_text, types};
+use crate::source::snapshot::{Chunk, Copied, CopyTarget, PartWriter, TableCopier, progress_bar};
 pub use crate::source::snapshot::{KeyPlan, SnapshotMeta};
-use crate::source::snapshot::{Part, progress_bar};
 
 /// Opens the snapshot transaction on `client`. Must run before the replication connection
 /// issues its next command.
@@ -31,144 +30,111 @@ pub async fn import(client: &Client, snapshot_name: &str) -> Result<()> {
     Ok(())
 }
 
-/// One COPY of a table range into part objects.
-pub struct CopyRange<'a> {
-    pub schema: &'a SchemaRef,
+/// One table copied inside an imported snapshot ([`import`]), with COPY.
+pub struct PgCopier<'c> {
+    client: &'c Client,
+    schema: SchemaRef,
     /// The source names of `schema`'s columns, in order: what the stream publishes.
-    pub columns: &'a [String],
-    pub plan: &'a KeyPlan,
-    /// Only rows whose integer key is above this (keyset pagination).
-    pub after: Option<i64>,
-    /// At most this many rows, in key order (one chunk). `None`: the whole range.
-    pub limit: Option<usize>,
-    pub part_rows: usize,
-    /// Number of the first part written.
-    pub first_part: u32,
-    /// `_ord` of the first row.
-    pub first_ord: u64,
-    /// Write a part even when the range is empty (so an empty table has a snapshot file).
-    pub write_empty: bool,
+    columns: Vec<String>,
+    plan: KeyPlan,
 }
 
-/// What a [`CopyRange`] wrote.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Copied {
-    pub rows: u64,
-    pub parts: u32,
-    /// Largest integer key copied.
-    pub last_key: Option<i64>,
+impl<'c> PgCopier<'c> {
+    /// The table's columns as `publication` publishes them, and its chunking plan.
+    pub async fn open(client: &'c Client, table: &TableId, publication: &str) -> Result<Self> {
+        let (oid, schema, columns) = catalog::published_schema(client, table, publication).await?;
+        let plan = KeyPlan::for_copy(&schema, &catalog::primary_key(client, oid).await?);
+        Ok(PgCopier {
+            client,
+            schema,
+            columns,
+            plan,
+        })
+    }
 }
 
-/// Copies a range of a table into `snapshot_id=<id>/part-NNNNN.parquet` objects. The client
-/// must be inside an imported snapshot ([`import`]). Part keys depend only on part numbers, so
-/// a replay overwrites the same keys.
-pub async fn copy_range(
-    client: &Client,
-    r: &CopyRange<'_>,
-    meta: &SnapshotMeta<'_>,
-    layout: &Layout,
-    output: &dyn ObjectOutput,
-    bar: &ProgressBar,
-) -> Result<Copied> {
-    let schema = r.schema;
-    let table = &schema.id;
-    // The published columns by their source names (output names may differ, see
-    // TableSchema::with_output_names), in the schema's order.
-    let columns = r
-        .columns
-        .iter()
-        .map(|c| catalog::quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut sql = format!(
-        "copy (select {columns} from {}",
-        catalog::quote_table(table)
-    );
-    if let KeyPlan::Integer { column, .. } = r.plan {
-        let key = catalog::quote_ident(column);
-        if let Some(after) = r.after {
-            sql.push_str(&format!(" where {key} > {after}"));
-        }
-        sql.push_str(&format!(" order by {key}"));
-        if let Some(limit) = r.limit {
-            sql.push_str(&format!(" limit {limit}"));
-        }
+impl TableCopier for PgCopier<'_> {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
     }
-    sql.push_str(") to stdout");
-    let stream = client.copy_out(sql.as_str()).await?;
-    futures_util::pin_mut!(stream);
+    fn plan(&self) -> &KeyPlan {
+        &self.plan
+    }
 
-    let mut part = Part::new(schema)?;
-    let mut out = Copied::default();
-    let mut line = Vec::new();
-    let mut fields = Vec::new();
-    let mut values = Vec::with_capacity(schema.columns.len());
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        let mut rest: &[u8] = &chunk;
-        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
-            line.extend_from_slice(&rest[..nl]);
-            rest = &rest[nl + 1..];
-            decode_line(schema, &line, &mut fields, &mut values)?;
-            line.clear();
-            let m = RowMeta {
-                op: Op::Snapshot,
-                pos: meta.pos,
-                ord: r.first_ord + out.rows,
-                commit_ts: meta.taken_at,
-                xid: None,
-            };
-            part.push(&m, &values)?;
-            if let Some(k) = r.plan.key_of(&values) {
-                out.last_key = Some(out.last_key.map_or(k, |l: i64| l.max(k)));
+    async fn copy<'a>(
+        &'a mut self,
+        chunk: &'a Chunk,
+        target: &'a CopyTarget<'a>,
+    ) -> Result<Copied> {
+        let schema = &self.schema;
+        let table = &schema.id;
+        // The published columns by their source names (output names may differ, see
+        // TableSchema::with_output_names), in the schema's order.
+        let columns = self
+            .columns
+            .iter()
+            .map(|c| catalog::quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sql = format!(
+            "copy (select {columns} from {}",
+            catalog::quote_table(table)
+        );
+        if let KeyPlan::Integer { column, .. } = &self.plan {
+            let key = catalog::quote_ident(column);
+            if let Some(after) = chunk.after {
+                sql.push_str(&format!(" where {key} > {after}"));
             }
-            out.rows += 1;
-            if part.rows == r.part_rows {
-                let full = std::mem::replace(&mut part, Part::new(schema)?);
-                let key = layout.snapshot_key(table, meta.snapshot_id, r.first_part + out.parts);
-                output.put(&key, full.finish()?).await?;
-                out.parts += 1;
-            }
-            if out.rows.is_multiple_of(4096) {
-                bar.inc(4096);
+            sql.push_str(&format!(" order by {key}"));
+            if let Some(limit) = chunk.limit {
+                sql.push_str(&format!(" limit {limit}"));
             }
         }
-        line.extend_from_slice(rest);
-    }
-    if !line.is_empty() {
-        return Err(Error::data(format!("COPY of {table} ended inside a row")));
-    }
-    bar.inc(out.rows % 4096);
-    if part.rows > 0 || (r.write_empty && out.parts == 0) {
-        let key = layout.snapshot_key(table, meta.snapshot_id, r.first_part + out.parts);
-        output.put(&key, part.finish()?).await?;
-        out.parts += 1;
-    }
-    Ok(out)
-}
+        sql.push_str(") to stdout");
+        let stream = self.client.copy_out(sql.as_str()).await?;
+        futures_util::pin_mut!(stream);
 
-/// A progress bar for one table's copy (hidden when `enabled` is false): rows/s and ETA
-/// against the planner's row estimate.
-pub async fn table_progress(
-    client: &Client,
-    table: &TableId,
-    done: u64,
-    enabled: bool,
-) -> Result<ProgressBar> {
-    if !enabled {
-        return Ok(ProgressBar::hidden());
+        let mut parts = PartWriter::new(schema, chunk, target)?;
+        let mut line = Vec::new();
+        let mut fields = Vec::new();
+        let mut values = Vec::with_capacity(schema.columns.len());
+        while let Some(data) = stream.next().await {
+            let data = data?;
+            let mut rest: &[u8] = &data;
+            while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+                line.extend_from_slice(&rest[..nl]);
+                rest = &rest[nl + 1..];
+                decode_line(schema, &line, &mut fields, &mut values)?;
+                line.clear();
+                parts.push(&self.plan, &values).await?;
+            }
+            line.extend_from_slice(rest);
+        }
+        if !line.is_empty() {
+            return Err(Error::data(format!("COPY of {table} ended inside a row")));
+        }
+        parts.finish().await
     }
-    let estimate: f32 = client
-        .query_one(
-            "select greatest(reltuples, 0)::float4 from pg_class c join pg_namespace n on n.oid = c.relnamespace \
-             where n.nspname = $1 and c.relname = $2",
-            &[&table.schema, &table.name],
-        )
-        .await?
-        .get(0);
-    let bar = progress_bar(table, (estimate as u64).max(done), true);
-    bar.set_position(done);
-    Ok(bar)
+
+    /// Rows/s and ETA against the planner's row estimate.
+    async fn progress(&mut self, done: u64, enabled: bool) -> Result<ProgressBar> {
+        if !enabled {
+            return Ok(ProgressBar::hidden());
+        }
+        let table = &self.schema.id;
+        let estimate: f32 = self
+            .client
+            .query_one(
+                "select greatest(reltuples, 0)::float4 from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+                 where n.nspname = $1 and c.relname = $2",
+                &[&table.schema, &table.name],
+            )
+            .await?
+            .get(0);
+        let bar = progress_bar(table, (estimate as u64).max(done), true);
+        bar.set_position(done);
+        Ok(bar)
+    }
 }
 
 fn decode_line(
