@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::source::table_name::{Dialect, TableName};
+use crate::table_name::{Dialect, TableName};
 
 /// One pipeline: one source, one output, one checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,7 +227,7 @@ impl Config {
         } else {
             Dialect::Postgres
         };
-        crate::source::table_name::parse_all(&self.source.tables, dialect)
+        crate::table_name::parse_all(&self.source.tables, dialect)
     }
 
     /// Whether the source is MySQL/MariaDB (else PostgreSQL).
@@ -282,7 +282,7 @@ impl Config {
             ));
         }
         if let Some(f) = &self.source.format {
-            f.parse::<crate::source::kinesis::RecordFormat>()?;
+            f.parse::<crate::codec::RecordFormat>()?;
         }
         if let Some(r) = self.source.resume.as_deref()
             && r != "gtid"

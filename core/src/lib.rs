@@ -8,20 +8,27 @@
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod change;
+pub mod clock;
+pub mod codec;
 pub mod config;
+pub mod engine;
 pub mod error;
+pub mod lease;
 pub mod metrics;
 pub mod output;
 pub mod parquet;
-pub mod pipeline;
 pub mod position;
 pub mod sink;
 pub mod source;
 pub mod store;
+pub mod table_name;
 #[cfg(feature = "lambda")]
 pub mod telemetry;
 
 pub use error::{Error, ErrorKind, Result};
+
+#[cfg(test)]
+mod layers;
 
 /// A boxed, sendable future: keeps the storage traits object-safe.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

@@ -109,7 +109,7 @@ impl Metrics {
         if !self.enabled {
             return;
         }
-        let line = self.line(values, crate::store::now_ms());
+        let line = self.line(values, crate::clock::now_ms());
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
     }

@@ -353,6 +353,90 @@ impl fmt::Display for ShardPosition {
     }
 }
 
+/// Which Kinesis records a baseline already holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Covers {
+    /// Records of a listed shard at or below its sequence number. Records of unlisted shards
+    /// (children created after the baseline) are not covered.
+    Shards(std::collections::BTreeMap<String, SeqNo>),
+    /// Records that arrived at or before this time (UNIX ms), on every shard.
+    Watermark(i64),
+}
+
+impl Covers {
+    /// The documented rule: whether the record `seq` of `shard`, arrived at `arrival_ms`, is
+    /// already in the baseline (and is therefore not written as a change).
+    pub fn covers(&self, shard: &str, seq: &SeqNo, arrival_ms: i64) -> bool {
+        match self {
+            Covers::Shards(m) => m.get(shard).is_some_and(|s| seq <= s),
+            Covers::Watermark(w) => arrival_ms <= *w,
+        }
+    }
+
+    /// From the object's user metadata: `tidemark-shards` (`shardId-0=49590…,shardId-1=…`)
+    /// or `tidemark-watermark` (RFC 3339); else the version's LastModified as the watermark.
+    pub fn from_metadata(
+        meta: &std::collections::BTreeMap<String, String>,
+        last_modified_ms: i64,
+    ) -> Result<Covers> {
+        if let Some(list) = meta.get("tidemark-shards").filter(|s| !s.trim().is_empty()) {
+            let mut m = std::collections::BTreeMap::new();
+            for part in list.split(',') {
+                let (shard, seq) = part.trim().split_once('=').ok_or_else(|| {
+                    Error::data(format!(
+                        "baseline metadata tidemark-shards: {part:?} is not shard=sequence"
+                    ))
+                })?;
+                m.insert(shard.trim().to_string(), seq.trim().parse()?);
+            }
+            return Ok(Covers::Shards(m));
+        }
+        if let Some(w) = meta.get("tidemark-watermark") {
+            let t = chrono::DateTime::parse_from_rfc3339(w.trim()).map_err(|e| {
+                Error::data(format!(
+                    "baseline metadata tidemark-watermark {w:?} is not an RFC 3339 time: {e}"
+                ))
+            })?;
+            return Ok(Covers::Watermark(t.timestamp_millis()));
+        }
+        Ok(Covers::Watermark(last_modified_ms))
+    }
+}
+
+/// The baseline part of a composite position.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BaselinePosition {
+    pub bucket: String,
+    pub key: String,
+    pub version_id: String,
+    /// The version's LastModified (UNIX ms): orders versions.
+    pub last_modified_ms: i64,
+    pub table: crate::change::TableId,
+    pub rows: u64,
+    pub covers: Covers,
+}
+
+impl PartialOrd for BaselinePosition {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(
+            self.last_modified_ms
+                .cmp(&other.last_modified_ms)
+                .then_with(|| self.version_id.cmp(&other.version_id)),
+        )
+    }
+}
+
+impl std::fmt::Display for BaselinePosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "s3://{}/{} version {}",
+            self.bucket, self.key, self.version_id
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

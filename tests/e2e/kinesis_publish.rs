@@ -156,7 +156,7 @@ async fn a_crash_after_publishing_before_the_commit_publishes_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_finds_what_an_unfinished_publish_sent_and_skips_it() {
     use tidemark_core::change::{Op, RowMeta};
-    use tidemark_core::pipeline::batch::Batch;
+    use tidemark_core::engine::batch::Batch;
     use tidemark_core::sink::kinesis::Publisher;
     let k = kinesis().await;
     let name = stream(&k, "e2e-publish-recover", 2).await;

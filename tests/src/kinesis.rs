@@ -8,8 +8,8 @@ use std::process::Command;
 use aws_sdk_kinesis::Client;
 use serde_json::Value as Json;
 use tidemark_core::change::{Column, ColumnType, Op, RowMeta, TableId, TableSchema, Value};
+use tidemark_core::codec::envelope;
 use tidemark_core::source::kinesis::client::KinesisStream;
-use tidemark_core::source::kinesis::format::envelope;
 
 use crate::harness::{aws_endpoint, bin, duckdb, env, function_bin};
 
@@ -263,7 +263,7 @@ pub fn spawn_consumer(lake: &Lake, stream: &str, extra: &[&str]) -> std::process
 /// (id, v, op). An emulator that copies records on a split or merge (moto does) holds some
 /// twice: a consumer must then write them twice, once per record.
 pub async fn stream_contents(stream: &KinesisStream) -> Vec<(i64, i64, String)> {
-    use tidemark_core::source::kinesis::format::{Decoded, RecordFormat, decode};
+    use tidemark_core::codec::{Decoded, RecordFormat, decode};
     let mut out = Vec::new();
     for shard in stream.shards().await.unwrap() {
         let mut it = stream.iterator(&shard.id, None).await.unwrap();

@@ -678,7 +678,7 @@ mod tests {
             id: TableId::new("public", "t"),
             columns: vec![col("id", ColumnType::Int64, true)],
         });
-        let mut batch = crate::pipeline::Batch::default();
+        let mut batch = crate::engine::Batch::default();
         let meta = crate::change::RowMeta {
             op: crate::change::Op::Insert,
             pos: "0000000000000010",

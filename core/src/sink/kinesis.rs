@@ -2,7 +2,7 @@
 //! stream, so that Lambda functions per shard write the Parquet.
 //!
 //! Contract:
-//! - partition key = table + primary key ([`crate::pipeline::batch::partition_key`]): one key's
+//! - partition key = table + primary key ([`crate::engine::batch::partition_key`]): one key's
 //!   changes land on one shard, in source order; a PutRecords request never holds two records
 //!   of one key, and failed records are retried (in order, with backoff) before any later
 //!   record is sent, so a retry never reorders a key's changes;
@@ -21,11 +21,11 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::codec::envelope;
+use crate::codec::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::pipeline::batch::Envelope;
-use crate::pipeline::lease::LeaseHolder;
+use crate::lease::LeaseHolder;
 use crate::source::kinesis::client::{KinesisStream, Put};
-use crate::source::kinesis::format::envelope;
 
 /// Kinesis' limit for one record: data plus partition key.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;

@@ -1,6 +1,5 @@
 //! Change sources.
 
-pub mod baseline;
 pub mod kinesis;
 pub mod memory;
 #[cfg(feature = "mysql")]
@@ -10,7 +9,6 @@ pub mod postgres;
 pub mod snapshot;
 pub mod ssl_mode;
 pub mod stream;
-pub mod table_name;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -116,7 +116,7 @@ pub struct CopyTarget<'a> {
 }
 
 /// One table of a source's consistent read, copied chunk by chunk (the snapshot driver in
-/// `pipeline::snapshot` calls it).
+/// `engine::snapshot` calls it).
 pub trait TableCopier: Send {
     fn schema(&self) -> &SchemaRef;
     /// How the table is chunked: keyset chunks for a single integer key, else one copy.

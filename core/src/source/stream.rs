@@ -1,5 +1,5 @@
 //! The change-stream contract every database source implements, and the one stream loop
-//! (`pipeline::stream`) consumes.
+//! (`engine::stream`) consumes.
 //!
 //! A source streams transactions in commit order: `Begin`, its row events (`Row`, `Rows`,
 //! `Truncate`, `SchemaChange`) in source order, `Commit`; `Progress` events between

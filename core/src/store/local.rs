@@ -247,14 +247,14 @@ impl PositionStore for LocalFileStore {
 
 /// A local store lives on one machine: a lease whose owner ran on this host in a process that
 /// no longer exists (killed, crashed) is expired now, so a restarted worker need not wait out
-/// the TTL. Owner ids are `host:pid:suffix` ([`crate::pipeline::lease::owner_id`]).
+/// the TTL. Owner ids are `host:pid:suffix` ([`crate::lease::owner_id`]).
 fn expire_if_owner_died(lease: Lease) -> Lease {
     let mut parts = lease.owner.rsplitn(3, ':');
     let (_suffix, pid, host) = (parts.next(), parts.next(), parts.next());
     let pid_gone = pid
         .and_then(|p| p.parse::<u32>().ok())
         .is_some_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists());
-    let same_host = host.is_some_and(|h| h == crate::pipeline::lease::host_name());
+    let same_host = host.is_some_and(|h| h == crate::lease::host_name());
     if pid_gone && same_host && Path::new("/proc/self").exists() {
         tracing::info!(owner = %lease.owner, "the previous owner of this pipeline's lease is gone; taking over");
         Lease {
@@ -298,7 +298,7 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        let owner = format!("{}:{pid}:abcd", crate::pipeline::lease::host_name());
+        let owner = format!("{}:{pid}:abcd", crate::lease::host_name());
         let dead = store.acquire_lease("p", &owner, 60_000).await.unwrap();
         let next = store
             .acquire_lease("p", "other:1:0000", 60_000)
@@ -306,11 +306,7 @@ mod tests {
             .unwrap();
         assert_eq!(next.epoch, dead.epoch + 1);
         // A live owner (this process) keeps it.
-        let me = format!(
-            "{}:{}:abcd",
-            crate::pipeline::lease::host_name(),
-            std::process::id()
-        );
+        let me = format!("{}:{}:abcd", crate::lease::host_name(), std::process::id());
         let dir2 = tempfile::tempdir().unwrap();
         let store2 = LocalFileStore::new(dir2.path()).unwrap();
         store2.acquire_lease("p", &me, 60_000).await.unwrap();

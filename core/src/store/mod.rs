@@ -32,7 +32,7 @@ pub enum SourcePosition {
     /// One Kinesis shard (its checkpoint is named by [`shard_checkpoint`]).
     Kinesis(ShardPosition),
     /// The S3 baseline of a Kinesis pipeline (checkpoint [`baseline_checkpoint`]).
-    Baseline(Box<crate::source::baseline::BaselinePosition>),
+    Baseline(Box<crate::position::BaselinePosition>),
 }
 
 /// The checkpoint name of one Kinesis shard of `pipeline`: `<pipeline>#shard#<shard id>`.
@@ -48,7 +48,7 @@ pub fn baseline_checkpoint(pipeline: &str) -> String {
 
 /// Checks a checkpoint name: a pipeline name (letters, digits, `.`, `_`, `-`, not starting with
 /// `.`), optionally followed by `#shard#<shard id>` of the same alphabet, `#baseline`, or
-/// `#seat#<n>` (a Kinesis consumer's presence, see `source::kinesis::consumer`).
+/// `#seat#<n>` (a Kinesis consumer's presence, see `engine::shard_consumer`).
 pub fn check_name(name: &str) -> Result<()> {
     let word = |w: &str| {
         !w.is_empty()
@@ -259,13 +259,7 @@ impl Lease {
     }
 }
 
-/// Wall-clock milliseconds since the UNIX epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// The lease decision every store makes inside its conditional write: `owner` may take the
 /// lease `stored` (none, expired, or already its own). Returns the new lease.

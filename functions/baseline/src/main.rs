@@ -7,8 +7,8 @@
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
+use tidemark_core::engine::baseline;
 use tidemark_core::output::{self, Layout};
-use tidemark_core::source::baseline;
 
 struct Setup {
     pipeline: String,

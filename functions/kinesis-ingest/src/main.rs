@@ -10,7 +10,7 @@ use std::sync::Arc;
 use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_lambda_events::event::streams::{KinesisBatchItemFailure, KinesisEventResponse};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use tidemark_core::source::kinesis::{ShardIngest, ShardRecord};
+use tidemark_core::engine::shard::{ShardIngest, ShardRecord};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

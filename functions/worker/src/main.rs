@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tidemark_core::config::Config;
+use tidemark_core::engine::{Backoff, PgPipeline, PipelineState, StatusFile};
 use tidemark_core::metrics::Metrics;
-use tidemark_core::pipeline::{Backoff, PgPipeline, PipelineState, StatusFile};
 use tidemark_core::source::postgres::{catalog, check, connect};
 use tidemark_core::store;
 use tidemark_core::{ErrorKind, output};
@@ -465,7 +465,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let output = output::open(&cfg.output_url()).await?;
             let store =
                 store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
-            use tidemark_core::source::baseline;
+            use tidemark_core::engine::baseline;
             let layout = output::Layout::new(&cfg.output.prefix, &cfg.pipeline);
             let target = baseline::Target {
                 pipeline: &cfg.pipeline,
@@ -482,11 +482,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             };
             let applied = baseline::apply(&target, &object_ref).await?;
             match applied {
-                tidemark_core::source::baseline::Applied::Written(p) => println!(
+                tidemark_core::engine::baseline::Applied::Written(p) => println!(
                     "baseline {} version {}: {} rows into {}",
                     object, p.version_id, p.rows, p.table
                 ),
-                tidemark_core::source::baseline::Applied::NotNewer { committed } => println!(
+                tidemark_core::engine::baseline::Applied::NotNewer { committed } => println!(
                     "baseline {object}: not newer than the committed version {}; nothing written",
                     committed.version_id
                 ),
@@ -570,15 +570,16 @@ fn shutdown_signal() -> watch::Receiver<bool> {
 async fn run_kinesis(
     cfg: &Config,
     stream: &str,
-    ingest: tidemark_core::source::kinesis::ShardIngest,
+    ingest: tidemark_core::engine::shard::ShardIngest,
     stop: watch::Receiver<bool>,
     until_caught_up: bool,
 ) -> anyhow::Result<ExitCode> {
-    use tidemark_core::source::kinesis::{client::KinesisStream, consumer::Consumer};
+    use tidemark_core::engine::shard_consumer::Consumer;
+    use tidemark_core::source::kinesis::client::KinesisStream;
     let consumer = Consumer {
         ingest,
         stream: KinesisStream::open(stream).await?,
-        owner: tidemark_core::pipeline::lease::owner_id(),
+        owner: tidemark_core::lease::owner_id(),
         lease_ttl: cfg.positions.lease_ttl(),
         batch_size: 1000,
         until_caught_up,
@@ -634,7 +635,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
     );
     if let Some(stream) = cfg.kinesis_stream() {
-        let ingest = tidemark_core::source::kinesis::ShardIngest {
+        let ingest = tidemark_core::engine::shard::ShardIngest {
             pipeline: cfg.pipeline.clone(),
             format: cfg.source.format.as_deref().unwrap_or("auto").parse()?,
             layout: output::Layout::new(&cfg.output.prefix, &cfg.pipeline),
@@ -804,7 +805,7 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         .await?
         .filter(|l| l.expires_at_ms > store::now_ms());
     let report = StatusFile::read(&state_dir(cfg)?, &cfg.pipeline)?;
-    let (pg_slot, _) = tidemark_core::pipeline::postgres::slot_names(cfg, cp.as_ref());
+    let (pg_slot, _) = tidemark_core::engine::postgres::slot_names(cfg, cp.as_ref());
     let (slot, server_error) = if cfg.is_mysql() {
         (None, None)
     } else {
@@ -924,7 +925,7 @@ async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {
         let client = connect::sql_connect(&pg, "tidemark-check").await?;
         let store = store::open(cfg.positions.url.as_deref(), false).await?;
         let cp = store.load(&cfg.pipeline).await?;
-        let (slot, publication) = tidemark_core::pipeline::postgres::slot_names(cfg, cp.as_ref());
+        let (slot, publication) = tidemark_core::engine::postgres::slot_names(cfg, cp.as_ref());
         // Each listed name resolved on its own: one that does not exist is a finding.
         let names = cfg.table_names()?;
         let mut tables = Vec::new();
@@ -998,7 +999,7 @@ async fn mysql_check(cfg: &Config) -> anyhow::Result<Vec<check::Finding>> {
             return Ok(findings);
         }
     };
-    let (_, dbs, tables) = tidemark_core::pipeline::mysql::capture_of(&listed, &src.database);
+    let (_, dbs, tables) = tidemark_core::engine::mysql::capture_of(&listed, &src.database);
     match mysql::snapshot::list_tables(&mut conn, &dbs, &tables).await {
         Ok(list) => {
             for t in list {
@@ -1060,7 +1061,7 @@ async fn reset(cfg: &Config, drop_slot: bool, yes: bool) -> anyhow::Result<ExitC
     if drop_slot && !cfg.is_mysql() {
         // The slot the checkpoint recorded, else the configured or default name (no checkpoint
         // at all is fine).
-        let (slot, publication) = tidemark_core::pipeline::postgres::slot_names(cfg, cp.as_ref());
+        let (slot, publication) = tidemark_core::engine::postgres::slot_names(cfg, cp.as_ref());
         let pg = connect::source_settings(&cfg.source)?;
         let client = connect::sql_connect(&pg, "tidemark-reset").await?;
         let dropped = client
@@ -1085,8 +1086,8 @@ async fn reset(cfg: &Config, drop_slot: bool, yes: bool) -> anyhow::Result<ExitC
         );
     }
     if !drop_slot && !cfg.is_mysql() {
-        let (slot, _) = tidemark_core::pipeline::postgres::slot_names(cfg, cp.as_ref());
-        let (next, _) = tidemark_core::pipeline::postgres::slot_names(cfg, None);
+        let (slot, _) = tidemark_core::engine::postgres::slot_names(cfg, cp.as_ref());
+        let (next, _) = tidemark_core::engine::postgres::slot_names(cfg, None);
         if slot != next {
             println!(
                 "note: replication slot {slot} is kept, but the next run creates {next} (the default name changed); \

@@ -1,5 +1,6 @@
-//! Kinesis change streams: record [`format`]s and the per-shard [`ingest`] that turns a shard's
-//! records into Parquet, exactly once per shard.
+//! Kinesis change streams: the shard reader ([`client`]) and shard status. Record formats are in
+//! [`crate::codec`]; the per-shard apply that turns a shard's records into Parquet, exactly once
+//! per shard, is [`crate::engine::shard`].
 //!
 //! Ordering: per shard only. Rows of one key stay in order when producers use the key as the
 //! partition key; a child shard is read only after its parents are finished.
@@ -7,11 +8,17 @@
 #[cfg(feature = "aws")]
 pub mod client;
 #[cfg(feature = "aws")]
-pub mod consumer;
-pub mod format;
-pub mod ingest;
-#[cfg(feature = "aws")]
 pub mod status;
 
-pub use format::RecordFormat;
-pub use ingest::{Applied, DeadLetter, ShardIngest, ShardRecord};
+pub use crate::codec::RecordFormat;
+use crate::position::SeqNo;
+
+/// One record of a shard, as Lambda's event or GetRecords delivers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardRecord {
+    pub sequence: SeqNo,
+    pub partition_key: String,
+    /// ApproximateArrivalTimestamp, UNIX milliseconds.
+    pub arrival_ms: i64,
+    pub data: Vec<u8>,
+}

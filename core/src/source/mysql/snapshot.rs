@@ -24,7 +24,7 @@ use crate::source::mysql::types;
 use crate::source::snapshot::{
     Chunk, Copied, CopyTarget, KeyPlan, PartWriter, TableCopier, progress_bar,
 };
-use crate::source::table_name::{Dialect, TableName};
+use crate::table_name::{Dialect, TableName};
 
 /// A consistent snapshot open on `conn`, at `coord` and `gtid` (MariaDB's GTID state, or
 /// MySQL's executed set with gtid_mode = ON).

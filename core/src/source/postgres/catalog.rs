@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 use crate::change::{Column, SchemaRef, TableId, TableSchema};
 use crate::error::{Error, Result};
 use crate::source::postgres::types::{self, PgTypeInfo};
-use crate::source::table_name::{Dialect, TableName};
+use crate::table_name::{Dialect, TableName};
 
 /// OIDs below this are built into PostgreSQL (`FirstNormalObjectId`).
 const FIRST_NORMAL_OID: u32 = 16384;

@@ -6,7 +6,7 @@
 //! current part's Parquet every [`ROW_GROUP_ROWS`] rows; a part is written as an object every
 //! `part_rows` rows. Tables with a single integer primary key are copied in key-ordered chunks
 //! of one part each, so the pipeline can record progress per part and resume after a crash
-//! (see `pipeline::postgres` for how a resumed range hands over to the stream).
+//! (see `engine::postgres` for how a resumed range hands over to the stream).
 
 use futures_util::StreamExt;
 use indicatif::ProgressBar;

@@ -20,8 +20,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use base64::Engine as _;
 use serde_json::json;
+use tidemark_core::engine::shard::ShardRecord;
 use tidemark_core::position::SeqNo;
-use tidemark_core::source::kinesis::ShardRecord;
 use tidemark_core::source::kinesis::client::KinesisStream;
 
 use super::runtime_api::{LocalFunction, Outcome};

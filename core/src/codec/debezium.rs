@@ -224,7 +224,7 @@ fn value(ty: &ColumnType, raw_ty: &str, logical: &str, v: &Json) -> Option<Value
 #[cfg(test)]
 mod tests {
     use crate::change::{ColumnType, Op, TableId, Value};
-    use crate::source::kinesis::format::{Decoded, RecordFormat, decode};
+    use crate::codec::{Decoded, RecordFormat, decode};
 
     fn change(bytes: &[u8]) -> Box<super::Change> {
         match decode(RecordFormat::Auto, bytes).unwrap() {
@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn with_schema_types_follow_the_schema() {
         let c = change(include_bytes!(
-            "../../../../../tests/golden/kinesis/debezium-schema-update.json"
+            "../../../tests/golden/kinesis/debezium-schema-update.json"
         ));
         assert_eq!(c.table, TableId::new("public", "orders"));
         assert_eq!(c.op, Op::Update);
@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn without_schema_columns_are_text() {
         let c = change(include_bytes!(
-            "../../../../../tests/golden/kinesis/debezium-plain-delete.json"
+            "../../../tests/golden/kinesis/debezium-plain-delete.json"
         ));
         assert_eq!(c.table, TableId::new("shop", "customers"));
         assert_eq!(c.op, Op::Delete);
@@ -284,13 +284,13 @@ mod tests {
         ));
         let e = decode(
             RecordFormat::Auto,
-            include_bytes!("../../../../../tests/golden/kinesis/bad/debezium-no-source.json"),
+            include_bytes!("../../../tests/golden/kinesis/bad/debezium-no-source.json"),
         )
         .unwrap_err();
         assert!(e.to_string().contains("source"), "{e}");
         let e = decode(
             RecordFormat::Auto,
-            include_bytes!("../../../../../tests/golden/kinesis/bad/debezium-type-mismatch.json"),
+            include_bytes!("../../../tests/golden/kinesis/bad/debezium-type-mismatch.json"),
         )
         .unwrap_err();
         assert!(e.to_string().contains("column \"id\""), "{e}");

@@ -12,9 +12,12 @@
 //! were never committed) and the source replays `(from, to]`, skipping rows the committed
 //! position covers. So the output holds every source row exactly once.
 
+pub mod baseline;
 pub mod batch;
 pub mod capture;
-pub mod lease;
+pub mod shard;
+#[cfg(feature = "aws")]
+pub mod shard_consumer;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod snapshot;
 pub mod status;
@@ -25,6 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+
+use crate::lease;
 
 use crate::config::Config;
 use crate::error::Result;

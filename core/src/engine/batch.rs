@@ -19,14 +19,7 @@ struct Open {
     last: (String, u64),
 }
 
-/// A row change to publish: its partition key, envelope and identity.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Envelope {
-    pub partition_key: String,
-    pub data: Vec<u8>,
-    pub pos: String,
-    pub ord: u64,
-}
+pub use crate::codec::envelope::Envelope;
 
 /// Buffered rows of one batch.
 #[derive(Default)]
@@ -94,12 +87,7 @@ impl Batch {
 
     pub fn push(&mut self, schema: &SchemaRef, meta: &RowMeta<'_>, values: &[Value]) -> Result<()> {
         if let Some(pipeline) = &self.publishing {
-            let data = crate::source::kinesis::format::envelope::encode(
-                schema,
-                meta,
-                values,
-                Some(pipeline),
-            );
+            let data = crate::codec::envelope::encode(schema, meta, values, Some(pipeline));
             self.bytes += data.len();
             self.envelopes.push(Envelope {
                 partition_key: partition_key(schema, meta, values),

@@ -102,13 +102,13 @@ pub(crate) fn attribute(attr: &Json) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use crate::change::{Op, TableId, Value};
-    use crate::source::kinesis::format::{Decoded, RecordFormat, decode};
+    use crate::codec::{Decoded, RecordFormat, decode};
 
     #[test]
     fn golden_files() {
         let Decoded::Change(c) = decode(
             RecordFormat::Auto,
-            include_bytes!("../../../../../tests/golden/kinesis/dynamodb-modify.json"),
+            include_bytes!("../../../tests/golden/kinesis/dynamodb-modify.json"),
         )
         .unwrap() else {
             panic!("skipped")
@@ -125,7 +125,7 @@ mod tests {
 
         let Decoded::Change(d) = decode(
             RecordFormat::DynamoDb,
-            include_bytes!("../../../../../tests/golden/kinesis/dynamodb-remove.json"),
+            include_bytes!("../../../tests/golden/kinesis/dynamodb-remove.json"),
         )
         .unwrap() else {
             panic!("skipped")
@@ -133,14 +133,11 @@ mod tests {
         assert_eq!(d.op, Op::Delete);
         for (file, why) in [
             (
-                &include_bytes!("../../../../../tests/golden/kinesis/bad/dynamodb-keys-only.json")
-                    [..],
+                &include_bytes!("../../../tests/golden/kinesis/bad/dynamodb-keys-only.json")[..],
                 "NEW_AND_OLD_IMAGES",
             ),
             (
-                include_bytes!(
-                    "../../../../../tests/golden/kinesis/bad/dynamodb-bad-attribute.json"
-                ),
+                include_bytes!("../../../tests/golden/kinesis/bad/dynamodb-bad-attribute.json"),
                 "attribute \"amount\"",
             ),
         ] {

@@ -7,18 +7,18 @@ use tokio::sync::watch;
 
 use crate::change::TableId;
 use crate::config::{Config, legacy_object_name};
+use crate::engine::capture::{self, TableSet};
+use crate::engine::stream::StreamSettings;
+use crate::engine::{Pipeline, PipelineState};
 use crate::error::{Error, Result};
 use crate::output::Layout;
-use crate::pipeline::capture::{self, TableSet};
-use crate::pipeline::stream::StreamSettings;
-use crate::pipeline::{Pipeline, PipelineState};
 use crate::position::{Lsn, PgPosition};
 use crate::source::postgres::replication::ReplicationClient;
 use crate::source::postgres::snapshot::{self, PgCopier, SnapshotMeta};
 use crate::source::postgres::stream::{self, Acked};
 use crate::source::postgres::{catalog, check, connect};
-use crate::source::table_name::Dialect;
 use crate::store::{Checkpoint, SlotRecord, SnapshotProgress, SourcePosition};
+use crate::table_name::Dialect;
 
 /// The slot and publication of a PostgreSQL pipeline: the configured names, else those its
 /// checkpoint recorded, else (a checkpoint from before names were recorded) the old default

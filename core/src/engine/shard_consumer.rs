@@ -19,11 +19,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::client::{KinesisStream, ShardInfo};
-use super::ingest::ShardIngest;
+use crate::engine::shard::ShardIngest;
 use crate::error::{ErrorKind, Result};
-use crate::pipeline::lease::{self, FencedOutput, FencedStore, LeaseHolder};
+use crate::lease::{self, FencedOutput, FencedStore, LeaseHolder};
 use crate::position::{SeqNo, ShardPosition};
+use crate::source::kinesis::client::{KinesisStream, ShardInfo};
 use crate::store::{SourcePosition, now_ms, shard_checkpoint};
 
 /// How often shards and leases are looked at again.

@@ -21,94 +21,11 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::change::{Column, ColumnType, Op, RowMeta, TableId, TableSchema, Value};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::Layout;
 use crate::parquet::TableBatchBuilder;
-use crate::position::SeqNo;
-
-/// Which Kinesis records a baseline already holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Covers {
-    /// Records of a listed shard at or below its sequence number. Records of unlisted shards
-    /// (children created after the baseline) are not covered.
-    Shards(BTreeMap<String, SeqNo>),
-    /// Records that arrived at or before this time (UNIX ms), on every shard.
-    Watermark(i64),
-}
-
-impl Covers {
-    /// The documented rule: whether the record `seq` of `shard`, arrived at `arrival_ms`, is
-    /// already in the baseline (and is therefore not written as a change).
-    pub fn covers(&self, shard: &str, seq: &SeqNo, arrival_ms: i64) -> bool {
-        match self {
-            Covers::Shards(m) => m.get(shard).is_some_and(|s| seq <= s),
-            Covers::Watermark(w) => arrival_ms <= *w,
-        }
-    }
-
-    /// From the object's user metadata: `tidemark-shards` (`shardId-0=49590…,shardId-1=…`)
-    /// or `tidemark-watermark` (RFC 3339); else the version's LastModified as the watermark.
-    pub fn from_metadata(meta: &BTreeMap<String, String>, last_modified_ms: i64) -> Result<Covers> {
-        if let Some(list) = meta.get("tidemark-shards").filter(|s| !s.trim().is_empty()) {
-            let mut m = BTreeMap::new();
-            for part in list.split(',') {
-                let (shard, seq) = part.trim().split_once('=').ok_or_else(|| {
-                    Error::data(format!(
-                        "baseline metadata tidemark-shards: {part:?} is not shard=sequence"
-                    ))
-                })?;
-                m.insert(shard.trim().to_string(), seq.trim().parse()?);
-            }
-            return Ok(Covers::Shards(m));
-        }
-        if let Some(w) = meta.get("tidemark-watermark") {
-            let t = chrono::DateTime::parse_from_rfc3339(w.trim()).map_err(|e| {
-                Error::data(format!(
-                    "baseline metadata tidemark-watermark {w:?} is not an RFC 3339 time: {e}"
-                ))
-            })?;
-            return Ok(Covers::Watermark(t.timestamp_millis()));
-        }
-        Ok(Covers::Watermark(last_modified_ms))
-    }
-}
-
-/// The baseline part of a composite position.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BaselinePosition {
-    pub bucket: String,
-    pub key: String,
-    pub version_id: String,
-    /// The version's LastModified (UNIX ms): orders versions.
-    pub last_modified_ms: i64,
-    pub table: TableId,
-    pub rows: u64,
-    pub covers: Covers,
-}
-
-impl PartialOrd for BaselinePosition {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(
-            self.last_modified_ms
-                .cmp(&other.last_modified_ms)
-                .then_with(|| self.version_id.cmp(&other.version_id)),
-        )
-    }
-}
-
-impl std::fmt::Display for BaselinePosition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "s3://{}/{} version {}",
-            self.bucket, self.key, self.version_id
-        )
-    }
-}
+pub use crate::position::{BaselinePosition, Covers};
 
 /// The schema (namespace) of baseline tables named after their object.
 pub const NAMESPACE: &str = "baseline";
@@ -388,7 +305,7 @@ fn json_row(v: &serde_json::Value, line: usize) -> Result<Vec<(Column, Value)>> 
         return item
             .iter()
             .map(|(k, a)| {
-                crate::source::kinesis::format::dynamodb::attribute(a)
+                crate::codec::dynamodb::attribute(a)
                     .map(|v| (text_column(k), v))
                     .ok_or_else(|| {
                         Error::data(format!(
@@ -400,7 +317,7 @@ fn json_row(v: &serde_json::Value, line: usize) -> Result<Vec<(Column, Value)>> 
     }
     Ok(obj
         .iter()
-        .map(|(k, v)| (text_column(k), crate::source::kinesis::format::json_text(v)))
+        .map(|(k, v)| (text_column(k), crate::codec::json_text(v)))
         .collect())
 }
 
@@ -491,6 +408,7 @@ fn arrow_value(ty: &ColumnType, a: &dyn arrow_array::Array, r: usize) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::position::SeqNo;
 
     #[test]
     fn coverage_rule() {
@@ -720,7 +638,7 @@ pub async fn apply(target: &Target<'_>, object: &ObjectRef<'_>) -> Result<Applie
     } = *object;
     use crate::store::{SourcePosition, baseline_checkpoint};
     let name = baseline_checkpoint(pipeline);
-    let cp = crate::pipeline::load_and_recover(store, output, &name).await?;
+    let cp = crate::engine::load_and_recover(store, output, &name).await?;
     let committed = match &cp.position {
         Some(SourcePosition::Baseline(b)) => Some(b.clone()),
         Some(other) => {
@@ -801,7 +719,7 @@ pub async fn apply(target: &Target<'_>, object: &ObjectRef<'_>) -> Result<Applie
     let rows = encoder
         .await
         .map_err(|e| Error::fatal(format!("baseline encoder failed: {e}")))??;
-    crate::pipeline::delete_snapshot_parts(output, layout, &table, &snapshot_id, parts).await?;
+    crate::engine::delete_snapshot_parts(output, layout, &table, &snapshot_id, parts).await?;
     let position = BaselinePosition {
         bucket: bucket.to_string(),
         key: key.to_string(),
@@ -811,7 +729,7 @@ pub async fn apply(target: &Target<'_>, object: &ObjectRef<'_>) -> Result<Applie
         rows,
         covers,
     };
-    crate::pipeline::commit_batch(
+    crate::engine::commit_batch(
         store,
         output,
         &cp,

@@ -67,13 +67,13 @@ pub(super) fn decode(json: &Json) -> Result<Decoded> {
 #[cfg(test)]
 mod tests {
     use crate::change::{Op, TableId, Value};
-    use crate::source::kinesis::format::{Decoded, RecordFormat, decode};
+    use crate::codec::{Decoded, RecordFormat, decode};
 
     #[test]
     fn golden_files() {
         let Decoded::Change(c) = decode(
             RecordFormat::Auto,
-            include_bytes!("../../../../../tests/golden/kinesis/dms-update.json"),
+            include_bytes!("../../../tests/golden/kinesis/dms-update.json"),
         )
         .unwrap() else {
             panic!("skipped")
@@ -86,14 +86,14 @@ mod tests {
         assert!(matches!(
             decode(
                 RecordFormat::Dms,
-                include_bytes!("../../../../../tests/golden/kinesis/dms-control.json")
+                include_bytes!("../../../tests/golden/kinesis/dms-control.json")
             )
             .unwrap(),
             Decoded::Skip(_)
         ));
         let e = decode(
             RecordFormat::Auto,
-            include_bytes!("../../../../../tests/golden/kinesis/bad/dms-unknown-operation.json"),
+            include_bytes!("../../../tests/golden/kinesis/bad/dms-unknown-operation.json"),
         )
         .unwrap_err();
         assert!(e.to_string().contains("merge"), "{e}");

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::change::TableId;
+use crate::engine::Pipeline;
 use crate::error::{Error, Result};
 use crate::output::Layout;
-use crate::pipeline::Pipeline;
 use crate::position::Lsn;
 use crate::source::snapshot::{Chunk, CopyTarget, KeyPlan, SnapshotMeta, TableCopier};
 use crate::store::{Checkpoint, SkipRule, SnapshotProgress, SourcePosition, TableProgress};

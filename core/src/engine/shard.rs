@@ -7,7 +7,7 @@
 //!   bisected batch never writes a row twice;
 //! - the batch's objects are named by the shard and the first and last sequence number they
 //!   hold, recorded as a write intent before they are written, and the position moves to the
-//!   batch's last record only after they are durable ([`crate::pipeline::commit_batch`]); an
+//!   batch's last record only after they are durable ([`crate::engine::commit_batch`]); an
 //!   intent left by a crash is resolved first by deleting its objects, so a retry that splits
 //!   the batch differently cannot leave the old objects behind;
 //! - a record that cannot be decoded or encoded goes to `<root>/_dead_letter/` with the reason
@@ -19,27 +19,19 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::format::{self, Change, Decoded, RecordFormat};
 use crate::change::{Column, RowMeta, TableId, TableSchema};
+use crate::codec::{self as format, Change, Decoded, RecordFormat};
+use crate::engine::{commit_batch, load_and_recover};
 use crate::error::{Error, Result};
 use crate::output::layout::date_partition;
 use crate::output::{Layout, ObjectOutput};
 use crate::parquet::TableBatchBuilder;
-use crate::pipeline::{commit_batch, load_and_recover};
 use crate::position::{SeqNo, ShardPosition};
 use crate::store::{
     Checkpoint, PositionStore, SourcePosition, baseline_checkpoint, shard_checkpoint,
 };
 
-/// One record of a shard, as Lambda's event or GetRecords delivers it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShardRecord {
-    pub sequence: SeqNo,
-    pub partition_key: String,
-    /// ApproximateArrivalTimestamp, UNIX milliseconds.
-    pub arrival_ms: i64,
-    pub data: Vec<u8>,
-}
+pub use crate::source::kinesis::ShardRecord;
 
 /// What one [`ShardIngest::apply`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,7 +41,7 @@ pub struct Applied {
     /// Records holding no change (control records, tombstones).
     pub ignored: usize,
     /// Records of the baseline's table that the baseline already holds
-    /// ([`crate::source::baseline::Covers`]).
+    /// ([`crate::engine::baseline::Covers`]).
     pub covered: usize,
     pub dead_letters: usize,
     pub rows: usize,
@@ -468,8 +460,8 @@ fn encode_runs(layout: &Layout, shard: &str, changes: Vec<Decoded1>) -> Result<E
 mod tests {
     use super::*;
     use crate::change::{ColumnType, Op, Value};
+    use crate::codec::envelope;
     use crate::output::LocalDir;
-    use crate::source::kinesis::format::envelope;
     use crate::store::LocalFileStore;
 
     fn schema() -> TableSchema {

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::change::{Op, RowMeta, SchemaRef, Value};
+use crate::engine::{Batch, Committed, Pipeline, PipelineState, commit_batch, elapsed};
 use crate::error::{Error, Result};
 use crate::output::Layout;
-use crate::pipeline::{Batch, Committed, Pipeline, PipelineState, commit_batch, elapsed};
 use crate::position::Lsn;
 use crate::source::snapshot::KeyPlan;
 use crate::source::stream::{ChangeStream, SourceEvent, StreamPosition};

@@ -16,19 +16,19 @@ use mysql_async::prelude::Queryable;
 use tokio::sync::watch;
 
 use crate::change::TableId;
+use crate::engine::capture::{self, TableSet};
+use crate::engine::stream::StreamSettings;
+use crate::engine::{Pipeline, PipelineState};
 use crate::error::{Error, Result};
 use crate::output::Layout;
-use crate::pipeline::capture::{self, TableSet};
-use crate::pipeline::stream::StreamSettings;
-use crate::pipeline::{Pipeline, PipelineState};
 use crate::position::MyPosition;
 use crate::source::mysql::check;
 use crate::source::mysql::connect::{self, MySource, ServerInfo};
 use crate::source::mysql::snapshot::{self, MyCopier};
 use crate::source::mysql::stream::{self, Capture, StartAt};
 use crate::source::snapshot::SnapshotMeta;
-use crate::source::table_name::Dialect;
 use crate::store::{Checkpoint, SnapshotProgress, SourcePosition};
+use crate::table_name::Dialect;
 
 /// The captured tables of a MySQL pipeline: `tables` (resolved from `source.tables`), or, when
 /// empty, every table of the URL's database.

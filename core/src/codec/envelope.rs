@@ -230,10 +230,19 @@ pub fn identity(data: &[u8]) -> Option<(String, String, u64)> {
     Some((id.source?, id.pos, id.ord))
 }
 
+/// A row change to publish: its partition key, envelope and identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub partition_key: String,
+    pub data: Vec<u8>,
+    pub pos: String,
+    pub ord: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::kinesis::format::{RecordFormat, decode as decode_any};
+    use crate::codec::{RecordFormat, decode as decode_any};
 
     fn schema() -> TableSchema {
         let col = |name: &str, ty: ColumnType, key| Column {
@@ -309,22 +318,22 @@ mod tests {
 
     #[test]
     fn golden_files() {
-        let ok = include_bytes!("../../../../../tests/golden/kinesis/tidemark-v1.json");
+        let ok = include_bytes!("../../../tests/golden/kinesis/tidemark-v1.json");
         let Decoded::Change(c) = decode_any(RecordFormat::Tidemark, ok).unwrap() else {
             panic!("not a change")
         };
         assert_eq!(c.values[1], Value::Decimal(1999));
         for (file, why) in [
             (
-                &include_bytes!("../../../../../tests/golden/kinesis/bad/tidemark-v9.json")[..],
+                &include_bytes!("../../../tests/golden/kinesis/bad/tidemark-v9.json")[..],
                 "version 9",
             ),
             (
-                include_bytes!("../../../../../tests/golden/kinesis/bad/tidemark-short-row.json"),
+                include_bytes!("../../../tests/golden/kinesis/bad/tidemark-short-row.json"),
                 "2 columns but 1 values",
             ),
             (
-                include_bytes!("../../../../../tests/golden/kinesis/bad/tidemark-bad-decimal.json"),
+                include_bytes!("../../../tests/golden/kinesis/bad/tidemark-bad-decimal.json"),
                 "column \"amount\"",
             ),
         ] {
