@@ -6,6 +6,7 @@
 //!   ← output, store, lease
 //!   ← source, sink
 //!   ← engine
+//!   ← runtime
 
 /// Layer of each top-level module, lowest first.
 const LAYERS: &[(&str, u8)] = &[
@@ -26,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("source", 3),
     ("sink", 3),
     ("engine", 4),
+    ("runtime", 5),
 ];
 
 fn layer(module: &str) -> Option<u8> {

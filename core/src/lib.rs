@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod output;
 pub mod parquet;
 pub mod position;
+pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod store;

@@ -7,22 +7,15 @@ use std::time::Duration;
 
 use tidemark_core::source::kinesis::client::KinesisStream;
 use tidemark_e2e::harness::{
-    self, Scenario, assert_exactly_once, bin, function_bin, sigterm, stderr_of, versioned_table,
+    self, Scenario, assert_exactly_once, function_bin, sigterm, stderr_of, versioned_table,
     workload,
 };
 use tidemark_e2e::kinesis::{kinesis, stream};
 
 /// The Lambda path over the whole stream into the scenario's output directory.
 fn lambda_path(s: &Scenario, stream: &str) {
-    let out = Command::new(bin())
-        .args([
-            "lambda-local",
-            "--stream",
-            stream,
-            "--until-drained",
-            "--batch-size",
-            "200",
-        ])
+    let out = Command::new(function_bin("tidemark-lambda-local"))
+        .args(["--stream", stream, "--until-drained", "--batch-size", "200"])
         .arg("--function")
         .arg(function_bin("kinesis-ingest"))
         .env("TIDEMARK_PIPELINE", &s.name)

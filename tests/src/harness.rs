@@ -62,12 +62,18 @@ pub fn stderr_of(child: Child) -> (std::process::ExitStatus, String) {
     )
 }
 
-/// A Lambda function binary of the workspace (built by `infra/local/test`).
+/// A binary of the workspace beside `tidemark`: a Lambda function or a development tool (built
+/// by `infra/local/test`).
 pub fn function_bin(name: &str) -> PathBuf {
     let p = bin().with_file_name(name);
+    let package = if name.starts_with("tidemark-") {
+        name.to_string()
+    } else {
+        format!("tidemark-{name}")
+    };
     assert!(
         p.exists(),
-        "{} missing: run `cargo build -p tidemark-{name}` (infra/local/test does)",
+        "{} missing: run `cargo build -p {package}` (infra/local/test does)",
         p.display()
     );
     p

@@ -162,10 +162,10 @@ impl Lake {
         }
     }
 
-    /// `tidemark lambda-local` over `stream` until drained; returns its summary.
+    /// `tidemark-lambda-local` over `stream` until drained; returns its summary.
     pub fn lambda_local(&self, stream: &str, extra: &[&str]) -> Json {
-        let out = Command::new(bin())
-            .args(["lambda-local", "--stream", stream, "--until-drained"])
+        let out = Command::new(function_bin("tidemark-lambda-local"))
+            .args(["--stream", stream, "--until-drained"])
             .arg("--function")
             .arg(function_bin("kinesis-ingest"))
             .args(extra)

@@ -2,8 +2,6 @@
 //!
 //! The same binary is the local CLI and the ECS task.
 
-mod lambda_local;
-
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,11 +79,6 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Run a Lambda function binary locally, fed by a Kinesis stream as Lambda's event source
-    /// mapping would (batches per shard, batchItemFailures, bisect on error, retries, parents
-    /// before children). With AWS_ENDPOINT_URL pointing at a local emulator, no AWS is needed.
-    #[command(name = "lambda-local")]
-    LambdaLocal(LambdaLocalArgs),
     /// Print Athena/Glue DDL for every table in the pipeline's output: external tables
     /// <schema>_<table>_changes (partitioned by dt) and <schema>_<table>_snapshot (by
     /// snapshot_id), both with partition projection, and the view <schema>_<table>_current
@@ -133,50 +126,6 @@ struct DdlArgs {
     /// athena: Glue DDL and a Trino view; duckdb: views over read_parquet.
     #[arg(long, default_value = "athena", value_parser = ["athena", "duckdb"])]
     dialect: String,
-}
-
-#[derive(Args)]
-struct LambdaLocalArgs {
-    /// The function binary (e.g. target/release/kinesis-ingest); it gets this process's
-    /// environment (TIDEMARK_*, AWS_*) plus the Lambda runtime variables.
-    #[arg(long)]
-    function: PathBuf,
-    /// The Kinesis stream name.
-    #[arg(long, required_unless_present = "event")]
-    stream: Option<String>,
-    /// Instead of a stream: invoke the function with this event file (JSON) and print the
-    /// init and invocation times, like `cargo lambda invoke`.
-    #[arg(long, conflicts_with = "stream")]
-    event: Option<PathBuf>,
-    /// With --event: invoke this many times, each as another shard (so every invocation does
-    /// the full work instead of skipping a replay).
-    #[arg(long, default_value_t = 1, requires = "event")]
-    repeat: u32,
-    /// Records per invocation (Lambda: BatchSize).
-    #[arg(long, default_value_t = 100)]
-    batch_size: i32,
-    /// Retries of a failed batch before it goes to --on-failure (MaximumRetryAttempts).
-    #[arg(long, default_value_t = 3)]
-    max_retries: u32,
-    /// Do not split a failing batch in two (BisectBatchOnFunctionError off).
-    #[arg(long)]
-    no_bisect: bool,
-    /// Ignore batchItemFailures in responses (FunctionResponseTypes without ReportBatchItemFailures).
-    #[arg(long)]
-    no_batch_item_failures: bool,
-    /// Directory for the metadata of batches that exhausted their retries.
-    #[arg(long)]
-    on_failure: Option<PathBuf>,
-    /// Seconds an invocation may take before the process is killed (Timeout).
-    #[arg(long, default_value_t = 60)]
-    timeout_secs: u64,
-    /// Exit once every shard is drained instead of polling until Ctrl-C.
-    #[arg(long)]
-    until_drained: bool,
-    /// Chaos testing: kill the function process at a random instant in this fraction of
-    /// invocations (0..1), as a crash or timeout would.
-    #[arg(long, default_value_t = 0.0, hide = true)]
-    chaos_kill_rate: f64,
 }
 
 #[derive(Args, Clone)]
@@ -452,7 +401,6 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             drop_slot,
             yes,
         } => reset(&pipeline.config().await?, drop_slot, yes).await,
-        Command::LambdaLocal(args) => lambda_local(args).await,
         Command::Ddl(args) => ddl(args).await,
         Command::Baseline {
             pipeline,
@@ -494,76 +442,6 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-async fn lambda_local(args: LambdaLocalArgs) -> anyhow::Result<ExitCode> {
-    use lambda_local::{esm, runtime_api::LocalFunction};
-    let mut function = LocalFunction::start(
-        args.function.clone(),
-        Duration::from_secs(args.timeout_secs),
-    )
-    .await?;
-    function.chaos_kill_rate = args.chaos_kill_rate;
-    if let Some(event) = &args.event {
-        let report = lambda_local::invoke_file(&mut function, event, args.repeat).await;
-        function.stop().await;
-        println!("{}", serde_json::to_string(&report?)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let Some(stream) = &args.stream else {
-        anyhow::bail!("--stream or --event is required");
-    };
-    let stream = tidemark_core::source::kinesis::client::KinesisStream::open(stream).await?;
-    let mapping = esm::Mapping {
-        batch_size: args.batch_size,
-        bisect_on_error: !args.no_bisect,
-        max_retries: args.max_retries,
-        report_batch_item_failures: !args.no_batch_item_failures,
-        on_failure: args.on_failure.clone(),
-        until_drained: args.until_drained,
-    };
-    let summary = esm::run(&stream, &mut function, &mapping, shutdown_signal()).await;
-    function.stop().await;
-    let summary = summary?;
-    println!("{}", serde_json::to_string(&summary)?);
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Turns SIGTERM / Ctrl-C into a shutdown request; a second one exits at once.
-fn shutdown_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        for n in 0..2 {
-            #[cfg(unix)]
-            let sigterm = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let sigterm = std::future::pending::<()>();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = sigterm => {},
-            }
-            if n == 0 {
-                tracing::info!(
-                    "stop requested: flushing, committing and exiting (signal again to abort)"
-                );
-                let _ = tx.send(true);
-            } else {
-                eprintln!("aborted: the next run resumes from the last committed position");
-                std::process::exit(130);
-            }
-        }
-    });
-    rx
 }
 
 /// `run` with a `kinesis://` source: the worker as a Kinesis consumer under shard leases.
@@ -608,7 +486,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
     tracing::info!(pipeline = %cfg.pipeline, output = %output.url(), positions = %store.url(), "starting");
 
-    let mut shutdown = shutdown_signal();
+    let mut shutdown = tidemark_core::runtime::shutdown_signal();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Fan in: signals, --stop-after-secs, --until-caught-up.
     {
