@@ -16,7 +16,6 @@
 //! content), each optionally gzip- or zstd-compressed (detected by magic bytes). JSON, CSV and
 //! DynamoDB columns are text (the value's exact text); Parquet columns keep their types.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;
@@ -409,6 +408,7 @@ fn arrow_value(ty: &ColumnType, a: &dyn arrow_array::Array, r: usize) -> Result<
 mod tests {
     use super::*;
     use crate::position::SeqNo;
+    use std::collections::BTreeMap;
 
     #[test]
     fn coverage_rule() {
@@ -763,7 +763,7 @@ async fn manifest_covers(
         tracing::warn!(manifest = %manifest_key, "baseline manifest names another version: ignored");
         return Ok(None);
     }
-    let mut meta = BTreeMap::new();
+    let mut meta = std::collections::BTreeMap::new();
     if let Some(shards) = doc.get("shards").and_then(|s| s.as_object()) {
         let list: Vec<String> = shards
             .iter()

@@ -171,11 +171,11 @@ pub struct Pipeline {
     /// Draw a progress bar for snapshots (on a terminal).
     pub progress: bool,
     pub status: Option<StatusFile>,
-    /// PostgreSQL: return `Ok` once everything up to this WAL position is durable
-    /// (`--until-caught-up`).
+    /// PostgreSQL: return `Ok` once everything up to this WAL position is durable; with
+    /// `until_caught_up`, the first run reads it from the server.
     pub stop_at: Option<Lsn>,
-    /// MySQL: return `Ok` once everything the server had written when the first run connected
-    /// is durable (`--until-caught-up`).
+    /// Return `Ok` once everything the server had written when the first run connected is
+    /// durable (`--until-caught-up`).
     pub until_caught_up: bool,
     /// MySQL: the binlog position `until_caught_up` waits for (read once).
     pub mysql_stop_at: Option<crate::position::BinlogCoord>,

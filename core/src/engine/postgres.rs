@@ -74,6 +74,9 @@ impl Pipeline {
         let pg = connect::source_settings(&self.config.source)?;
         let sql = connect::sql_connect(&pg, "tidemark").await?;
         check::require_logical_wal(&sql).await?;
+        if self.until_caught_up && self.stop_at.is_none() {
+            self.stop_at = Some(current_wal_insert_lsn(&sql).await?);
+        }
         let (slot, publication) = slot_names(&self.config, Some(&cp));
         cp = self.bind_slot(&sql, cp, &slot, &publication).await?;
         let (publish, captured) = self.capture_set(&sql, &cp, &publication).await?;
@@ -402,6 +405,17 @@ impl Pipeline {
         );
         Ok(Some(next))
     }
+}
+
+/// The server's WAL insert position: `--until-caught-up` stops once everything up to it is
+/// durable. The insert (not write) position, because with `synchronous_commit = off` a
+/// transaction that has returned COMMIT may not be written yet.
+async fn current_wal_insert_lsn(sql: &tokio_postgres::Client) -> Result<Lsn> {
+    let lsn: String = sql
+        .query_one("select pg_current_wal_insert_lsn()::text", &[])
+        .await?
+        .get(0);
+    lsn.parse()
 }
 
 /// `CREATE_REPLICATION_SLOT <slot>_resume TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')`:

@@ -5,14 +5,15 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tidemark_core::config::Config;
-use tidemark_core::engine::{Backoff, PgPipeline, PipelineState, StatusFile};
+use tidemark_core::engine::{PgPipeline, StatusFile};
 use tidemark_core::metrics::Metrics;
-use tidemark_core::source::postgres::{catalog, check, connect};
+use tidemark_core::runtime;
+use tidemark_core::source::Level;
 use tidemark_core::store;
 use tidemark_core::{ErrorKind, output};
 use tokio::sync::watch;
@@ -369,17 +370,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// `tidemark check`: findings on stdout, a line each; exit status 1 when one failed.
+async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for f in runtime::check::check(cfg).await? {
+        let tag = match f.level {
+            Level::Ok => "ok  ",
+            Level::Warning => "warn",
+            Level::Error => {
+                failed = true;
+                "FAIL"
+            }
+        };
+        println!("{tag}  {:<22} {}", f.check, f.message);
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Run(args) => run(args).await,
-        Command::Status { pipeline, json } => status(&pipeline.config().await?, json).await,
+        Command::Status { pipeline, json } => {
+            let status = runtime::status::status(&pipeline.config().await?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status.to_json())?);
+            } else {
+                print!("{status}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { pipeline } => check(&pipeline.config().await?).await,
         Command::Health {
             pipeline,
             max_age_secs,
         } => {
             let cfg = pipeline.config_with(false)?;
-            match StatusFile::read(&state_dir(&cfg)?, &cfg.pipeline)? {
+            match StatusFile::read(&runtime::status::state_dir(&cfg)?, &cfg.pipeline)? {
                 Some(r) => match r.healthy(Duration::from_secs(max_age_secs)) {
                     Ok(()) => {
                         println!("healthy: {:?}", r.state);
@@ -400,7 +430,19 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             pipeline,
             drop_slot,
             yes,
-        } => reset(&pipeline.config().await?, drop_slot, yes).await,
+        } => {
+            let cfg = pipeline.config().await?;
+            if !yes {
+                anyhow::bail!(
+                    "reset forgets the position of pipeline {:?}; the next run writes a new snapshot. Pass --yes to confirm",
+                    cfg.pipeline
+                );
+            }
+            for line in runtime::reset::reset(&cfg, drop_slot).await? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ddl(args) => ddl(args).await,
         Command::Baseline {
             pipeline,
@@ -482,11 +524,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     cfg.validate()?;
     let output = output::open(&cfg.output_url()).await?;
-    let state_dir = state_dir(&cfg)?;
+    let state_dir = runtime::status::state_dir(&cfg)?;
     let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
     tracing::info!(pipeline = %cfg.pipeline, output = %output.url(), positions = %store.url(), "starting");
 
-    let mut shutdown = tidemark_core::runtime::shutdown_signal();
+    let shutdown = tidemark_core::runtime::shutdown_signal();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Fan in: signals, --stop-after-secs, --until-caught-up.
     {
@@ -523,11 +565,6 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         return run_kinesis(&cfg, stream, ingest, stop_rx, args.until_caught_up).await;
     }
-    let stop_at = if args.until_caught_up && !cfg.is_mysql() {
-        Some(current_wal_lsn(&cfg).await?)
-    } else {
-        None
-    };
 
     let mut pipeline = PgPipeline {
         config: cfg.clone(),
@@ -535,7 +572,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         store,
         progress: std::io::stderr().is_terminal(),
         status: Some(StatusFile::new(&state_dir, &cfg.pipeline)),
-        stop_at,
+        stop_at: None,
         until_caught_up: args.until_caught_up,
         mysql_stop_at: None,
         metrics: metrics.clone(),
@@ -554,219 +591,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // SIGTERM drains and commits within the stop timeout; past it, exit non-zero (nothing is
     // lost: what was not committed is replayed by the next run).
-    {
-        let mut sig = shutdown.clone();
-        let limit = Duration::from_secs(args.stop_timeout_secs);
-        tokio::spawn(async move {
-            let _ = sig.wait_for(|v| *v).await;
-            tokio::time::sleep(limit).await;
-            tracing::error!(
-                stop_timeout_secs = limit.as_secs(),
-                "could not drain within the stop timeout; exiting without the final commit"
-            );
-            std::process::exit(3);
-        });
-    }
-    let metrics = pipeline.metrics.clone();
-    let mut backoff = Backoff::new(args.max_retries);
-    loop {
-        let started = Instant::now();
-        let commits_before = pipeline.commits;
-        match pipeline.run(stop_rx.clone()).await {
-            Ok(()) => return Ok(ExitCode::SUCCESS),
-            Err(e) if e.kind() == ErrorKind::Conflict && !*stop_rx.borrow() => {
-                // Another worker owns the pipeline now: stop writing and stand by.
-                tracing::warn!(error = %e.one_line(), "another worker took over this pipeline; standing by");
-                metrics.error("conflict");
-                set_state(&mut pipeline, PipelineState::Connecting, Some(e.one_line()));
-            }
-            Err(e) if e.is_retryable() && !*stop_rx.borrow() => {
-                metrics.error("transient");
-                // A run that made progress (or lasted) starts the backoff afresh: only failures
-                // in a row without progress count towards --max-retries.
-                if pipeline.commits > commits_before || started.elapsed() > Duration::from_secs(60)
-                {
-                    backoff.reset();
-                }
-                let Some(delay) = backoff.next_delay() else {
-                    set_state(&mut pipeline, PipelineState::Error, Some(e.one_line()));
-                    anyhow::bail!(
-                        "giving up after {} retries: {}",
-                        backoff.max_retries,
-                        e.one_line()
-                    );
-                };
-                tracing::warn!(error = %e.one_line(), retry_in_ms = delay.as_millis() as u64, "connection lost; reconnecting");
-                set_state(
-                    &mut pipeline,
-                    PipelineState::Reconnecting,
-                    Some(e.one_line()),
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.wait_for(|v| *v) => return Ok(ExitCode::SUCCESS),
-                }
-            }
-            Err(e) => {
-                metrics.error("fatal");
-                set_state(&mut pipeline, PipelineState::Error, Some(e.one_line()));
-                return Err(e.into());
-            }
-        }
-    }
-}
-
-fn set_state(p: &mut PgPipeline, state: PipelineState, err: Option<String>) {
-    if let Some(s) = &mut p.status {
-        s.set_state(state, err);
-    }
-}
-
-/// The server's WAL insert position: `--until-caught-up` stops once everything up to it is
-/// durable. The insert (not write) position, because with `synchronous_commit = off` a
-/// transaction that has returned COMMIT may not be written yet.
-async fn current_wal_lsn(cfg: &Config) -> anyhow::Result<tidemark_core::position::Lsn> {
-    let pg = connect::source_settings(&cfg.source)?;
-    let client = connect::sql_connect(&pg, "tidemark-status").await?;
-    let lsn: String = client
-        .query_one("select pg_current_wal_insert_lsn()::text", &[])
-        .await?
-        .get(0);
-    Ok(lsn.parse()?)
-}
-
-/// Where the status file goes: the local position store's directory, else the state directory.
-fn state_dir(cfg: &Config) -> anyhow::Result<PathBuf> {
-    let dir = match cfg.positions.url.as_deref() {
-        Some(u) if u.starts_with("file://") => PathBuf::from(&u["file://".len()..]),
-        Some(u) if !u.is_empty() && !u.contains("://") => PathBuf::from(u),
-        _ => store::local::default_state_dir()?,
-    };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create state directory {}", dir.display()))?;
-    Ok(dir)
-}
-
-async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
-    if let Some(stream) = cfg.kinesis_stream() {
-        use tidemark_core::source::kinesis::{client::KinesisStream, status::composite};
-        let stream = KinesisStream::open(stream).await?;
-        let doc = composite(store.as_ref(), &stream, &cfg.pipeline).await?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&doc)?);
-        } else {
-            println!("pipeline  {}", doc.pipeline);
-            println!("stream    {}", doc.stream);
-            match &doc.baseline {
-                Some(b) => println!("baseline  {b}"),
-                None => println!("baseline  none"),
-            }
-            for s in &doc.shards {
-                println!(
-                    "shard     {}  seq {}{}  behind {}  lease {}",
-                    s.shard,
-                    s.sequence.as_deref().unwrap_or("-"),
-                    if s.finished { " (finished)" } else { "" },
-                    s.millis_behind_latest
-                        .map(|m| format!("{m} ms"))
-                        .unwrap_or_else(|| "?".into()),
-                    s.lease_owner.as_deref().unwrap_or("-"),
-                );
-            }
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let cp = store.load(&cfg.pipeline).await?;
-    let lease = store
-        .lease(&cfg.pipeline)
-        .await?
-        .filter(|l| l.expires_at_ms > store::now_ms());
-    let report = StatusFile::read(&state_dir(cfg)?, &cfg.pipeline)?;
-    let (pg_slot, _) = tidemark_core::engine::postgres::slot_names(cfg, cp.as_ref());
-    let (slot, server_error) = if cfg.is_mysql() {
-        (None, None)
-    } else {
-        let pg = connect::source_settings(&cfg.source)?;
-        match connect::sql_connect(&pg, "tidemark-status").await {
-            Ok(client) => (catalog::slot_info(&client, &pg_slot).await?, None),
-            Err(e) => (None, Some(e.one_line())),
-        }
-    };
-    let now_us = store::now_ms() * 1000;
-    let lag_seconds = match (&slot, cp.as_ref().and_then(|c| c.last_commit_ts)) {
-        (Some(s), Some(ts)) if s.ack_lag_bytes.unwrap_or(0) > 0 => {
-            Some(((now_us - ts).max(0) as f64) / 1e6)
-        }
-        (Some(_), Some(_)) => Some(0.0),
-        _ => None,
-    };
-    let state = match (&report, &slot) {
-        (Some(r), Some(s)) if s.active_pid.is_some() || r.state == PipelineState::Error => {
-            format!("{:?}", r.state).to_uppercase()
-        }
-        (Some(r), _) if r.state == PipelineState::Error => "ERROR".into(),
-        // Running on another machine (no local status file): the slot is in use or the lease live.
-        (_, Some(s)) if s.active_pid.is_some() || lease.is_some() => "RUNNING".into(),
-        // MySQL has no slot: a live lease means a worker is running.
-        (_, None) if cfg.is_mysql() && lease.is_some() => "RUNNING".into(),
-        (_, _) if cp.as_ref().is_some_and(|c| c.position.is_some()) => "STOPPED".into(),
-        _ => "NEW".into(),
-    };
-    let doc = serde_json::json!({
-        "pipeline": cfg.pipeline,
-        "state": state,
-        "position": cp.as_ref().and_then(|c| c.position.as_ref()).map(|p| p.to_string()),
-        "pending_intent": cp.as_ref().and_then(|c| c.intent.as_ref()).map(|i| i.keys.len()),
-        "snapshot": cp.as_ref().and_then(|c| c.snapshot.clone()),
-        "updated_at": cp.as_ref().map(|c| c.updated_at.clone()),
-        "lease_owner": lease.as_ref().map(|l| l.owner.clone()),
-        "lease_epoch": lease.as_ref().map(|l| l.epoch),
-        "lag_bytes": slot.as_ref().and_then(|s| s.ack_lag_bytes),
-        "lag_seconds": lag_seconds,
-        "slot": pg_slot,
-        "slot_active_pid": slot.as_ref().and_then(|s| s.active_pid),
-        "slot_wal_retained_bytes": slot.as_ref().and_then(|s| s.wal_retained_bytes),
-        "slot_wal_status": slot.as_ref().and_then(|s| s.wal_status.clone()),
-        "rows_written_this_run": report.as_ref().map(|r| r.rows_written),
-        "last_error": report.as_ref().and_then(|r| r.last_error.clone()),
-        "source_error": server_error,
-    });
-    if json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        let show = |k: &str| match &doc[k] {
-            serde_json::Value::Null => "-".to_string(),
-            serde_json::Value::String(s) => s.clone(),
-            v => v.to_string(),
-        };
-        println!("pipeline        {}", show("pipeline"));
-        println!("state           {}", show("state"));
-        println!("position        {}", show("position"));
-        println!(
-            "lag             {} bytes, {} s",
-            show("lag_bytes"),
-            show("lag_seconds")
-        );
-        println!(
-            "slot            {} (WAL retained {} bytes, {})",
-            show("slot"),
-            show("slot_wal_retained_bytes"),
-            show("slot_wal_status")
-        );
-        println!("updated         {}", show("updated_at"));
-        println!(
-            "lease           {} (epoch {})",
-            show("lease_owner"),
-            show("lease_epoch")
-        );
-        if let Some(e) = doc["last_error"].as_str() {
-            println!("last error      {e}");
-        }
-        if let Some(e) = doc["source_error"].as_str() {
-            println!("source          unreachable: {e}");
-        }
-    }
+    runtime::supervisor::exit_after_stop_timeout(
+        shutdown.clone(),
+        Duration::from_secs(args.stop_timeout_secs),
+    );
+    runtime::supervisor::supervise(&mut pipeline, stop_rx, shutdown, args.max_retries).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -776,205 +605,6 @@ fn peak_rss_mib() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)
-}
-
-async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {
-    if let Some(stream) = cfg.kinesis_stream() {
-        let shards = tidemark_core::source::kinesis::client::KinesisStream::open(stream)
-            .await?
-            .shards()
-            .await?;
-        let open = shards.iter().filter(|s| s.ending.is_none()).count();
-        println!(
-            "ok    stream: {stream} has {} shards ({open} open)",
-            shards.len()
-        );
-        let store = store::open(cfg.positions.url.as_deref(), false).await?;
-        store.load(&cfg.pipeline).await?;
-        println!("ok    positions: {} is reachable", store.url());
-        let output = output::open(&cfg.output_url()).await?;
-        println!("ok    output: {} is reachable", output.url());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let findings = if cfg.is_mysql() {
-        mysql_check(cfg).await?
-    } else {
-        let pg = connect::source_settings(&cfg.source)?;
-        let client = connect::sql_connect(&pg, "tidemark-check").await?;
-        let store = store::open(cfg.positions.url.as_deref(), false).await?;
-        let cp = store.load(&cfg.pipeline).await?;
-        let (slot, publication) = tidemark_core::engine::postgres::slot_names(cfg, cp.as_ref());
-        // Each listed name resolved on its own: one that does not exist is a finding.
-        let names = cfg.table_names()?;
-        let mut tables = Vec::new();
-        let mut missing = Vec::new();
-        for n in &names {
-            match catalog::resolve_tables(&client, std::slice::from_ref(n)).await {
-                Ok(t) => tables.extend(t),
-                Err(e) if e.kind() == ErrorKind::Config => missing.push(check::Finding::new(
-                    "table",
-                    check::Level::Error,
-                    e.one_line(),
-                )),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let listed = (!names.is_empty()).then_some(tables.as_slice());
-        let mut findings = check::run(&client, &slot, &publication, listed).await?;
-        findings.extend(missing);
-        findings
-    };
-    let mut failed = false;
-    for f in &findings {
-        let tag = match f.level {
-            check::Level::Ok => "ok  ",
-            check::Level::Warning => "warn",
-            check::Level::Error => {
-                failed = true;
-                "FAIL"
-            }
-        };
-        println!("{tag}  {:<22} {}", f.check, f.message);
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-/// MySQL/MariaDB preflight: server settings, grants, retention against the stored position,
-/// server_id, and that the captured tables exist and have a primary key.
-async fn mysql_check(cfg: &Config) -> anyhow::Result<Vec<check::Finding>> {
-    use tidemark_core::source::mysql;
-    let src = mysql::connect::source_settings(&cfg.source)?;
-    let mut conn = mysql::connect::sql_connect(&src).await?;
-    let server = mysql::connect::server_info(&mut conn).await?;
-    let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
-    let stored = match store.load(&cfg.pipeline).await? {
-        Some(cp) => match cp.position {
-            Some(store::SourcePosition::Mysql(p)) => Some(p.resume),
-            _ => None,
-        },
-        None => None,
-    };
-    let mut findings =
-        mysql::check::run(&mut conn, &server, cfg.server_id(), stored.as_ref()).await?;
-    let listed = match mysql::snapshot::resolve_tables(
-        &mut conn,
-        &cfg.table_names()?,
-        &src.database,
-    )
-    .await
-    {
-        Ok(t) => t,
-        Err(e) => {
-            findings.push(check::Finding::new(
-                "table",
-                check::Level::Error,
-                e.one_line(),
-            ));
-            return Ok(findings);
-        }
-    };
-    let (_, dbs, tables) = tidemark_core::engine::mysql::capture_of(&listed, &src.database);
-    match mysql::snapshot::list_tables(&mut conn, &dbs, &tables).await {
-        Ok(list) => {
-            for t in list {
-                let (schema, _) = mysql::snapshot::table_schema(&mut conn, &t).await?;
-                findings.push(if schema.key_columns().next().is_some() {
-                    check::Finding::new("table", check::Level::Ok, format!("{t}: primary key present"))
-                } else {
-                    check::Finding::new(
-                        "table",
-                        check::Level::Warning,
-                        format!("{t} has no primary key: updates and deletes cannot be matched to rows downstream; add one (ALTER TABLE {t} ADD PRIMARY KEY (...))"),
-                    )
-                });
-            }
-        }
-        Err(e) => findings.push(check::Finding::new(
-            "table",
-            check::Level::Error,
-            e.one_line(),
-        )),
-    }
-    Ok(findings)
-}
-
-async fn reset(cfg: &Config, drop_slot: bool, yes: bool) -> anyhow::Result<ExitCode> {
-    if !yes {
-        anyhow::bail!(
-            "reset forgets the position of pipeline {:?}; the next run writes a new snapshot. Pass --yes to confirm",
-            cfg.pipeline
-        );
-    }
-    let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
-    let cp = store.load(&cfg.pipeline).await?;
-    store.delete(&cfg.pipeline).await?;
-    if let Some(stream) = cfg.kinesis_stream() {
-        // Every shard's position, the baseline and the seats.
-        let shards = tidemark_core::source::kinesis::client::KinesisStream::open(stream)
-            .await?
-            .shards()
-            .await?;
-        for s in &shards {
-            store
-                .delete(&store::shard_checkpoint(&cfg.pipeline, &s.id))
-                .await?;
-        }
-        for n in 0..shards.len().max(1) {
-            store.delete(&format!("{}#seat#{n}", cfg.pipeline)).await?;
-        }
-        store
-            .delete(&store::baseline_checkpoint(&cfg.pipeline))
-            .await?;
-        println!(
-            "pipeline {} reset: {} shard positions and the baseline forgotten",
-            cfg.pipeline,
-            shards.len()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    if drop_slot && !cfg.is_mysql() {
-        // The slot the checkpoint recorded, else the configured or default name (no checkpoint
-        // at all is fine).
-        let (slot, publication) = tidemark_core::engine::postgres::slot_names(cfg, cp.as_ref());
-        let pg = connect::source_settings(&cfg.source)?;
-        let client = connect::sql_connect(&pg, "tidemark-reset").await?;
-        let dropped = client
-            .execute(
-                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1",
-                &[&slot],
-            )
-            .await?;
-        client
-            .batch_execute(&format!(
-                "drop publication if exists {}",
-                catalog::quote_ident(&publication)
-            ))
-            .await?;
-        println!(
-            "replication slot {slot} {}; publication {publication} dropped",
-            if dropped > 0 {
-                "dropped"
-            } else {
-                "was not there"
-            }
-        );
-    }
-    if !drop_slot && !cfg.is_mysql() {
-        let (slot, _) = tidemark_core::engine::postgres::slot_names(cfg, cp.as_ref());
-        let (next, _) = tidemark_core::engine::postgres::slot_names(cfg, None);
-        if slot != next {
-            println!(
-                "note: replication slot {slot} is kept, but the next run creates {next} (the default name changed); \
-                 drop {slot} or it holds WAL: SELECT pg_drop_replication_slot('{slot}')"
-            );
-        }
-    }
-    println!("pipeline {} reset", cfg.pipeline);
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `tidemark ddl`: statements for the tables found in the output, on stdout.
