@@ -5,6 +5,7 @@
 //! Environment: `TIDEMARK_PIPELINE`, `TIDEMARK_OUTPUT`, `TIDEMARK_POSITIONS`, optional
 //! `TIDEMARK_BASELINE_TABLE` (`schema.table`) and `TIDEMARK_SNAPSHOT_PART_ROWS`.
 
+use aws_lambda_events::event::s3::S3Event;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
 use tidemark_core::engine::baseline;
@@ -52,19 +53,16 @@ type Object = (String, String, Option<String>, Option<String>);
 /// (`*.manifest.json`) are skipped: they describe a baseline, they are not one.
 fn objects(event: &Value) -> Result<Vec<Object>, Error> {
     let s = |v: &Value| v.as_str().map(str::to_string);
-    if let Some(records) = event.get("Records").and_then(Value::as_array) {
-        return records
-            .iter()
+    if event.get("Records").is_some() {
+        let event: S3Event = serde_json::from_value(event.clone())
+            .map_err(|e| format!("not an S3 event notification: {e}"))?;
+        return event
+            .records
+            .into_iter()
             .map(|r| {
-                let s3 = &r["s3"];
-                let bucket = s(&s3["bucket"]["name"]).ok_or("S3 event without bucket.name")?;
-                let key = s(&s3["object"]["key"]).ok_or("S3 event without object.key")?;
-                Ok((
-                    bucket,
-                    url_decode(&key),
-                    s(&s3["object"]["versionId"]),
-                    None,
-                ))
+                let bucket = r.s3.bucket.name.ok_or("S3 event without bucket.name")?;
+                let key = r.s3.object.key.ok_or("S3 event without object.key")?;
+                Ok((bucket, url_decode(&key), r.s3.object.version_id, None))
             })
             .filter(|o: &Result<Object, Error>| {
                 o.as_ref()
@@ -85,26 +83,9 @@ fn objects(event: &Value) -> Result<Vec<Object>, Error> {
 
 /// S3 notifications URL-encode keys, spaces as `+`.
 fn url_decode(key: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let bytes = key.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'+', _, _) => out.push(b' '),
-            (b'%', Some(h), Some(l)) => {
-                out.push(h << 4 | l);
-                i += 2;
-            }
-            (b, _, _) => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&key.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 async fn handle(setup: &Setup, event: Value) -> Result<Value, Error> {
@@ -137,7 +118,45 @@ async fn handle(setup: &Setup, event: Value) -> Result<Value, Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
+    /// An `ObjectCreated:Put` notification as S3 sends it (trimmed), a manifest beside it, and
+    /// a direct invocation.
+    #[test]
+    fn s3_notifications_and_direct_invocations_name_objects() {
+        let record = |key: &str, version: &str| {
+            serde_json::json!({
+                "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "eu-west-1",
+                "eventTime": "2026-12-07T06:00:00.000Z", "eventName": "ObjectCreated:Put",
+                "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
+                "requestParameters": {"sourceIPAddress": "10.0.0.1"},
+                "responseElements": {"x-amz-request-id": "R1", "x-amz-id-2": "I1"},
+                "s3": {"s3SchemaVersion": "1.0", "configurationId": "baseline",
+                       "bucket": {"name": "exports", "arn": "arn:aws:s3:::exports",
+                                  "ownerIdentity": {"principalId": "A1"}},
+                       "object": {"key": key, "size": 42, "versionId": version, "sequencer": "0A"}}
+            })
+        };
+        let event = serde_json::json!({"Records": [
+            record("orders/2026+12%2F07.jsonl.gz", "v1"),
+            record("orders/x.manifest.json", "v2"),
+        ]});
+        assert_eq!(
+            super::objects(&event).unwrap(),
+            vec![(
+                "exports".to_string(),
+                "orders/2026 12/07.jsonl.gz".to_string(),
+                Some("v1".to_string()),
+                None
+            )]
+        );
+        let direct = serde_json::json!({"bucket": "b", "key": "k.csv", "table": "public.t"});
+        assert_eq!(
+            super::objects(&direct).unwrap(),
+            vec![("b".into(), "k.csv".into(), None, Some("public.t".into()))]
+        );
+    }
+
     #[test]
     fn keys_are_url_decoded() {
         assert_eq!(super::url_decode("a+b%2Fc%zz%E2%9C%93"), "a b/c%zz\u{2713}");

@@ -10,6 +10,7 @@ use crate::error::{Error, ErrorKind, Result};
 const MAX_PACKET: usize = 1 << 30;
 
 pub use crate::source::ssl_mode::SslMode;
+use crate::source::ssl_mode::split_tls_params;
 
 /// TLS to MySQL/MariaDB, set by the source URL's `sslmode` and `sslrootcert` parameters with
 /// PostgreSQL's names and meanings, on the SQL and the binlog connection alike:
@@ -25,37 +26,8 @@ pub use crate::source::ssl_mode::SslMode;
 /// Splits `sslmode` and `sslrootcert` off a mysql:// URL's parameters; the rest is left for
 /// the client library.
 fn split_tls(url: &str) -> Result<(String, SslMode, Option<String>)> {
-    let decode = |v: &str| {
-        percent_encoding::percent_decode_str(v)
-            .decode_utf8()
-            .map(|c| c.into_owned())
-            .map_err(|_| Error::config("source.url has a parameter that is not UTF-8 once decoded"))
-    };
-    let creds_end = url.find('@').map_or(0, |i| i + 1);
-    let Some(q) = url[creds_end..].find('?').map(|i| creds_end + i) else {
-        return Ok((url.to_string(), SslMode::default(), None));
-    };
-    let (head, query) = (&url[..q], &url[q + 1..]);
-    let (mut mode, mut root, mut kept) = (None, None, Vec::new());
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match decode(k)?.as_str() {
-            "sslmode" => mode = Some(SslMode::parse(&decode(v)?)?),
-            "sslrootcert" => root = Some(decode(v)?).filter(|r| !r.is_empty()),
-            "sslcert" | "sslkey" => {
-                return Err(Error::config(
-                    "TLS client certificates (sslcert, sslkey) are not supported for MySQL/MariaDB: authenticate with a password",
-                ));
-            }
-            _ => kept.push(pair),
-        }
-    }
-    let mut out = head.to_string();
-    if !kept.is_empty() {
-        out.push('?');
-        out.push_str(&kept.join("&"));
-    }
-    Ok((out, mode.unwrap_or_default(), root))
+    let split = split_tls_params(url)?;
+    Ok((split.url, split.mode.unwrap_or_default(), split.root))
 }
 
 /// The client library builds its TLS configuration with rustls' process-wide provider: with

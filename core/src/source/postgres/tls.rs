@@ -72,6 +72,7 @@ const VERIFY_ADVICE: &str = "set sslrootcert=<path to the PEM file of the CA tha
      in the source URL, or use sslmode=require to encrypt without verifying the server";
 
 pub use crate::source::ssl_mode::SslMode;
+use crate::source::ssl_mode::split_tls_params;
 
 impl SslMode {
     /// The closest mode tokio-postgres knows; the certificate checks are done by our verifier.
@@ -137,41 +138,14 @@ impl TlsSettings {
         else {
             return Ok((url.to_string(), None));
         };
-        // Split like tokio-postgres does: credentials end at the first '@', parameters start at
-        // the first '?' after them.
-        let creds_end = rest.find('@').map_or(0, |i| i + 1);
-        let (head, query) = match rest[creds_end..].find('?') {
-            Some(i) => (&rest[..creds_end + i], &rest[creds_end + i + 1..]),
-            None => (rest, ""),
-        };
-        let mut kept = Vec::new();
-        let mut mode = None;
-        let mut root = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match percent_decode(key)?.as_str() {
-                "sslmode" => mode = Some(SslMode::parse(&percent_decode(value)?)?),
-                "sslrootcert" => root = Some(percent_decode(value)?),
-                "sslcert" | "sslkey" | "sslpassword" | "sslcertmode" => {
-                    return Err(Error::config(
-                        "TLS client certificates (sslcert, sslkey) are not supported: authenticate with a password \
-                         (SCRAM) and remove them from the source URL",
-                    ));
-                }
-                "sslcrl" | "sslcrldir" => {
-                    return Err(Error::config(
-                        "certificate revocation lists (sslcrl, sslcrldir) are not supported: remove them from the source URL",
-                    ));
-                }
-                _ => kept.push(pair),
-            }
-        }
+        let split = split_tls_params(&format!("{scheme}{rest}"))?;
+        let root = split.root;
         let root_cert = match root.as_deref() {
             None | Some("") => None,
             Some("system") => Some(RootCert::System),
             Some(path) => Some(RootCert::File(PathBuf::from(path))),
         };
-        let mode = match (mode, &root_cert) {
+        let mode = match (split.mode, &root_cert) {
             (None, Some(RootCert::System)) => SslMode::VerifyFull,
             (Some(m), Some(RootCert::System)) if m != SslMode::VerifyFull => {
                 return Err(Error::config(format!(
@@ -181,12 +155,7 @@ impl TlsSettings {
             }
             (m, _) => m.unwrap_or_default(),
         };
-        let mut out = format!("{scheme}{head}");
-        if !kept.is_empty() {
-            out.push('?');
-            out.push_str(&kept.join("&"));
-        }
-        Ok((out, Some(TlsSettings { mode, root_cert })))
+        Ok((split.url, Some(TlsSettings { mode, root_cert })))
     }
 
     fn verification(&self) -> Verification {
@@ -308,30 +277,6 @@ impl TlsSettings {
             check_name: self.verification() == Verification::ChainAndName,
         }))
     }
-}
-
-/// Decodes `%XX` escapes (URL parameters).
-fn percent_decode(s: &str) -> Result<String> {
-    let bad = || {
-        Error::config(format!(
-            "invalid percent-encoding in the source URL parameter {s:?}"
-        ))
-    };
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).ok_or_else(bad)?;
-            let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad())
 }
 
 /// Checks the chain (when `roots` is set) but never the host name; always checks the handshake
