@@ -1,9 +1,29 @@
-//! tidemark-core: change data capture from PostgreSQL into Athena-ready Parquet.
+//! tidemark-core: change data capture from PostgreSQL, MySQL/MariaDB and Kinesis into
+//! Athena-ready Parquet.
 //!
-//! Modules by domain: [`change`] (the change model), [`position`] (source positions),
-//! [`source`] (change sources), [`parquet`] (Arrow mapping and Parquet encoding), [`output`]
-//! (where objects go and how keys are named), [`store`] (position stores), [`pipeline`] (the
-//! drive loop and the commit protocol), [`config`].
+//! # Data flow
+//!
+//! ```text
+//!  source (postgres, mysql)            engine                         output / store
+//!  ───────────────────────            ──────                         ──────────────
+//!  TableCopier ── chunks ──────────> snapshot driver ── parts ─────> ObjectOutput (local dir, S3)
+//!  ChangeStream ─ Begin/Rows/...     stream loop: Batch (Arrow)       │
+//!     Commit/Progress ────────────>   encode off-task, N in flight    │ intent → objects → commit
+//!     <── ack(durable position) ──   commits in order ──────────────> PositionStore (file, DynamoDB)
+//!                                     (or sink::kinesis when publishing)
+//!  Kinesis shard records ──────────> engine::shard (apply per shard) ─> the same protocol
+//!  S3 baseline version ────────────> engine::baseline ────────────────> snapshot parts + position
+//! ```
+//!
+//! A position moves only after the Parquet it covers is durable ([`engine::commit_batch`]); a
+//! restart replays from it and skips what it covers, so the output holds each row once.
+//!
+//! # Layers
+//!
+//! Each module uses only its own layer and those below (checked by a unit test, `layers.rs`):
+//! model ([`change`], [`position`], [`clock`], [`table_name`], [`metrics`]) ←
+//! [`codec`], [`parquet`], [`config`] ← [`output`], [`store`], [`lease`] ← [`source`], [`sink`] ←
+//! [`engine`] ← [`runtime`] (supervisor, status, check, reset) ← the binaries.
 
 #[cfg(feature = "aws")]
 pub mod aws;

@@ -208,6 +208,9 @@ struct RunArgs {
     /// Rows per snapshot part file (and per resumable chunk).
     #[arg(long, env = "TIDEMARK_SNAPSHOT_PART_ROWS")]
     snapshot_part_rows: Option<usize>,
+    /// Batches encoded at once while the stream goes on (default 2); commits stay in order.
+    #[arg(long, env = "TIDEMARK_IN_FLIGHT")]
+    in_flight: Option<usize>,
     /// Retries of a lost connection, in a row without progress, before giving up (state ERROR).
     #[arg(long, default_value_t = 10, env = "TIDEMARK_MAX_RETRIES")]
     max_retries: u32,
@@ -521,6 +524,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(n) = args.snapshot_part_rows {
         cfg.batch.snapshot_part_rows = n;
+    }
+    if let Some(n) = args.in_flight {
+        cfg.batch.in_flight = n;
     }
     cfg.validate()?;
     let output = output::open(&cfg.output_url()).await?;

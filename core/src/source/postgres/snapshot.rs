@@ -2,11 +2,11 @@
 //! rows copied are exactly those committed before the slot's consistent point and the stream
 //! continues with exactly the changes after it.
 //!
-//! Memory is bounded: rows stream from COPY into Arrow builders, which are encoded into the
-//! current part's Parquet every [`ROW_GROUP_ROWS`] rows; a part is written as an object every
-//! `part_rows` rows. Tables with a single integer primary key are copied in key-ordered chunks
-//! of one part each, so the pipeline can record progress per part and resume after a crash
-//! (see `engine::postgres` for how a resumed range hands over to the stream).
+//! Memory is bounded: rows stream from COPY into the shared part writer
+//! ([`PartWriter`](crate::source::snapshot::PartWriter)). Tables with a single integer primary
+//! key are copied in key-ordered chunks of one part each, so the snapshot driver
+//! (`engine::snapshot`) records progress per part and resumes after a crash (see
+//! `engine::postgres` for how a resumed range hands over to the stream).
 
 use futures_util::StreamExt;
 use indicatif::ProgressBar;
