@@ -95,29 +95,17 @@ impl Pipeline {
                 },
             )?;
         }
-        if cp.position.is_some() && cp.tables.as_ref() != Some(&set) {
-            let mut next = cp.next();
-            next.tables = Some(set.clone());
-            self.store.save(cp.expected(), &next, None).await?;
-            cp = next;
-        }
+        cp = self.record_captured(cp, &set).await?;
 
         if cp.position.is_none() {
             self.set_state(PipelineState::Snapshotting);
             let listed = snapshot::list_tables(&mut sql, &databases, &tables).await?;
-            match self
-                .mysql_snapshot(&src, &server, &layout, &listed, &set, cp, shutdown.clone())
-                .await?
-            {
-                Some(done) => cp = done,
-                None => {
-                    tracing::info!(
-                        "stopped during the snapshot; its durable progress resumes on the next run"
-                    );
-                    self.set_state(PipelineState::Stopped);
-                    return Ok(());
-                }
-            }
+            let snapshot =
+                self.mysql_snapshot(&src, &server, &layout, &listed, &set, cp, shutdown.clone());
+            let Some(done) = snapshot.await? else {
+                return self.stopped_in_snapshot();
+            };
+            cp = done;
         }
         drop(sql);
         let Some(SourcePosition::Mysql(durable)) = cp.position.clone() else {

@@ -82,12 +82,7 @@ impl Pipeline {
         let (publish, captured) = self.capture_set(&sql, &cp, &publication).await?;
         // The captured set is saved before the publication changes: a table removed from it
         // and added back later is then refused, even after a crash in between.
-        if cp.position.is_some() && cp.tables.as_ref() != Some(&captured) {
-            let mut next = cp.next();
-            next.tables = Some(captured.clone());
-            self.store.save(cp.expected(), &next, None).await?;
-            cp = next;
-        }
+        cp = self.record_captured(cp, &captured).await?;
         let listed = !self.config.source.tables.is_empty();
         catalog::ensure_publication(&sql, &publication, &publish, listed).await?;
         let mut repl = ReplicationClient::connect(&pg, "tidemark").await?;
@@ -100,19 +95,11 @@ impl Pipeline {
                 shutdown: shutdown.clone(),
                 publication: publication.clone(),
             };
-            match self
-                .initial_snapshot(&session, &mut repl, cp, &slot, &publication)
-                .await?
-            {
-                Some(done) => cp = done,
-                None => {
-                    tracing::info!(
-                        "stopped during the snapshot; its durable progress resumes on the next run"
-                    );
-                    self.set_state(PipelineState::Stopped);
-                    return Ok(());
-                }
-            }
+            let snapshot = self.initial_snapshot(&session, &mut repl, cp, &slot, &publication);
+            let Some(done) = snapshot.await? else {
+                return self.stopped_in_snapshot();
+            };
+            cp = done;
         } else if catalog::slot_info(&sql, &slot).await?.is_none() {
             return Err(Error::config(format!(
                 "replication slot {slot} is gone but pipeline {} has a committed position: changes since then are lost. \

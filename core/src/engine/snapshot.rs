@@ -19,6 +19,29 @@ use crate::source::snapshot::{Chunk, CopyTarget, KeyPlan, SnapshotMeta, TableCop
 use crate::store::{Checkpoint, SkipRule, SnapshotProgress, SourcePosition, TableProgress};
 
 impl Pipeline {
+    /// Records the captured set in a checkpoint that has a position and a different set (so a
+    /// table removed and added back later is refused, even after a crash in between).
+    pub(super) async fn record_captured(
+        &self,
+        cp: Checkpoint,
+        captured: &[TableId],
+    ) -> Result<Checkpoint> {
+        if cp.position.is_none() || cp.tables.as_deref() == Some(captured) {
+            return Ok(cp);
+        }
+        let mut next = cp.next();
+        next.tables = Some(captured.to_vec());
+        self.store.save(cp.expected(), &next, None).await?;
+        Ok(next)
+    }
+
+    /// A run stopped by shutdown during the snapshot: what is durable stays for the next run.
+    pub(super) fn stopped_in_snapshot(&mut self) -> Result<()> {
+        tracing::info!("stopped during the snapshot; its durable progress resumes on the next run");
+        self.set_state(crate::engine::PipelineState::Stopped);
+        Ok(())
+    }
+
     /// The tables of `tables` the snapshot has not finished, each with its durable progress.
     pub(super) fn tables_to_copy(
         cp: &Checkpoint,

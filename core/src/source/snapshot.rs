@@ -98,6 +98,22 @@ pub struct Chunk {
     pub write_empty: bool,
 }
 
+impl Chunk {
+    /// ` WHERE key > after ORDER BY key LIMIT n` for keyset pagination on the quoted column
+    /// `key` (the parts that apply).
+    pub fn keyset_clause(&self, key: &str) -> String {
+        let mut sql = String::new();
+        if let Some(after) = self.after {
+            sql.push_str(&format!(" WHERE {key} > {after}"));
+        }
+        sql.push_str(&format!(" ORDER BY {key}"));
+        if let Some(limit) = self.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        sql
+    }
+}
+
 /// What one copy wrote.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Copied {
@@ -118,7 +134,6 @@ pub struct CopyTarget<'a> {
 /// One table of a source's consistent read, copied chunk by chunk (the snapshot driver in
 /// `engine::snapshot` calls it).
 pub trait TableCopier: Send {
-    fn schema(&self) -> &SchemaRef;
     /// How the table is chunked: keyset chunks for a single integer key, else one copy.
     fn plan(&self) -> &KeyPlan;
     /// Copies `chunk` inside the consistent read into part objects ([`PartWriter`]). Part keys

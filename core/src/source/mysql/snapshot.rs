@@ -419,9 +419,6 @@ impl<'c> MyCopier<'c> {
 }
 
 impl TableCopier for MyCopier<'_> {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
     fn plan(&self) -> &KeyPlan {
         &self.plan
     }
@@ -460,13 +457,7 @@ impl TableCopier for MyCopier<'_> {
                 .get(*index)
                 .map(|c| quote_ident(c))
                 .unwrap_or_default();
-            if let Some(after) = chunk.after {
-                sql.push_str(&format!(" WHERE {key} > {after}"));
-            }
-            sql.push_str(&format!(" ORDER BY {key}"));
-            if let Some(limit) = chunk.limit {
-                sql.push_str(&format!(" LIMIT {limit}"));
-            }
+            sql.push_str(&chunk.keyset_clause(&key));
         }
         let mut result = self.conn.query_iter(sql).await?;
         let mut stream = result

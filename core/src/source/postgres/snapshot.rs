@@ -54,9 +54,6 @@ impl<'c> PgCopier<'c> {
 }
 
 impl TableCopier for PgCopier<'_> {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
     fn plan(&self) -> &KeyPlan {
         &self.plan
     }
@@ -81,14 +78,7 @@ impl TableCopier for PgCopier<'_> {
             catalog::quote_table(table)
         );
         if let KeyPlan::Integer { column, .. } = &self.plan {
-            let key = catalog::quote_ident(column);
-            if let Some(after) = chunk.after {
-                sql.push_str(&format!(" where {key} > {after}"));
-            }
-            sql.push_str(&format!(" order by {key}"));
-            if let Some(limit) = chunk.limit {
-                sql.push_str(&format!(" limit {limit}"));
-            }
+            sql.push_str(&chunk.keyset_clause(&catalog::quote_ident(column)));
         }
         sql.push_str(") to stdout");
         let stream = self.client.copy_out(sql.as_str()).await?;
