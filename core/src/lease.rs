@@ -1,7 +1,7 @@
 //! Holding a pipeline's lease while running it.
 //!
 //! Contract: every write a running pipeline makes goes through [`FencedStore`] and
-//! [`FencedOutput`], which refuse it ([`crate::ErrorKind::Conflict`]) unless the lease is live
+//! [`FencedOutput`] (decorators beside their traits, fenced by [`LeaseHolder::check`]), which refuse it ([`crate::ErrorKind::Conflict`]) unless the lease is live
 //! with a safety margin on this worker's clock; saves additionally present the lease to the
 //! store, which rejects them once another worker took over (new epoch). A worker paused past its
 //! TTL therefore writes nothing when it resumes.
@@ -12,10 +12,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::BoxFuture;
 use crate::error::{Error, ErrorKind, Result};
-use crate::output::ObjectOutput;
-use crate::store::{Checkpoint, Lease, PositionStore, now_ms};
+use crate::output::{FencedOutput, ObjectOutput};
+use crate::store::{FencedStore, Lease, PositionStore, now_ms};
 
 /// The lease this worker holds, shared with the renewal task.
 #[derive(Debug, Clone)]
@@ -172,96 +171,16 @@ pub async fn release(store: &dyn PositionStore, holder: &LeaseHolder) {
     }
 }
 
-/// A position store whose saves require the live lease and present it.
-pub struct FencedStore {
-    pub inner: Arc<dyn PositionStore>,
-    pub holder: LeaseHolder,
-}
-
-impl PositionStore for FencedStore {
-    fn load<'a>(&'a self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<Checkpoint>>> {
-        self.inner.load(pipeline)
+impl LeaseHolder {
+    /// The store decorator that fences saves with this lease.
+    pub fn fence_store(&self, inner: Arc<dyn PositionStore>) -> FencedStore {
+        let holder = self.clone();
+        FencedStore::new(inner, Arc::new(move || holder.check()))
     }
-    fn save<'a>(
-        &'a self,
-        expected: Option<u64>,
-        next: &'a Checkpoint,
-        _lease: Option<&'a Lease>,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let lease = self.holder.check()?;
-            self.inner.save(expected, next, Some(&lease)).await
-        })
-    }
-    fn delete<'a>(&'a self, pipeline: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.holder.check()?;
-            self.inner.delete(pipeline).await
-        })
-    }
-    fn acquire_lease<'a>(
-        &'a self,
-        pipeline: &'a str,
-        owner: &'a str,
-        ttl_ms: i64,
-    ) -> BoxFuture<'a, Result<Lease>> {
-        self.inner.acquire_lease(pipeline, owner, ttl_ms)
-    }
-    fn renew_lease<'a>(&'a self, lease: &'a Lease, ttl_ms: i64) -> BoxFuture<'a, Result<Lease>> {
-        self.inner.renew_lease(lease, ttl_ms)
-    }
-    fn release_lease<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<()>> {
-        self.inner.release_lease(lease)
-    }
-    fn lease<'a>(&'a self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<Lease>>> {
-        self.inner.lease(pipeline)
-    }
-    fn url(&self) -> String {
-        self.inner.url()
-    }
-}
-
-/// An output whose writes and deletes require the live lease: checked before each call and,
-/// for outputs that retry internally (S3), before every attempt.
-pub struct FencedOutput {
-    inner: Arc<dyn ObjectOutput>,
-    holder: LeaseHolder,
-}
-
-impl FencedOutput {
-    pub fn new(output: Arc<dyn ObjectOutput>, holder: LeaseHolder) -> Self {
-        let check = holder.clone();
-        let guard: crate::output::AttemptGuard = Arc::new(move || check.check().map(|_| ()));
-        let inner = output.guarded(guard).unwrap_or(output);
-        FencedOutput { inner, holder }
-    }
-}
-
-impl ObjectOutput for FencedOutput {
-    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.holder.check()?;
-            match self.inner.put(key, bytes).await {
-                // A write refused by the per-attempt guard surfaces as the lease conflict it is.
-                Err(e) => Err(self.holder.check().err().unwrap_or(e)),
-                ok => ok,
-            }
-        })
-    }
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.holder.check()?;
-            self.inner.delete(key).await
-        })
-    }
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
-        self.inner.list(prefix)
-    }
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
-        self.inner.get(key)
-    }
-    fn url(&self) -> String {
-        self.inner.url()
+    /// The output decorator that fences writes with this lease.
+    pub fn fence_output(&self, inner: Arc<dyn ObjectOutput>) -> FencedOutput {
+        let holder = self.clone();
+        FencedOutput::new(inner, Arc::new(move || holder.check().map(|_| ())))
     }
 }
 
@@ -288,10 +207,7 @@ mod tests {
         .await
         .unwrap()
         .unwrap();
-        let fenced = FencedOutput {
-            inner: out.clone(),
-            holder: holder.clone(),
-        };
+        let fenced = holder.fence_output(out.clone());
         fenced.put("k/1", vec![1]).await.unwrap();
         // No renewal: past TTL minus margin, writes are refused locally.
         tokio::time::sleep(Duration::from_millis(450)).await;
@@ -307,11 +223,8 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(b.check().unwrap().epoch, 2);
-        let fs = FencedStore {
-            inner: store.clone(),
-            holder,
-        };
-        let cp = Checkpoint::new("p").next();
+        let fs = holder.fence_store(store.clone());
+        let cp = crate::store::Checkpoint::new("p").next();
         assert_eq!(
             fs.save(None, &cp, None).await.unwrap_err().kind(),
             ErrorKind::Conflict

@@ -223,11 +223,8 @@ impl Pipeline {
             publisher.fence(holder.clone());
         }
         let (store, output) = (self.store.clone(), self.output.clone());
-        self.store = Arc::new(lease::FencedStore {
-            inner: store.clone(),
-            holder: holder.clone(),
-        });
-        self.output = Arc::new(lease::FencedOutput::new(output.clone(), holder.clone()));
+        self.store = Arc::new(holder.fence_store(store.clone()));
+        self.output = Arc::new(holder.fence_output(output.clone()));
         let result = self.run_source(shutdown).await;
         self.store = store;
         self.output = output;

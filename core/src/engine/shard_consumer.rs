@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::engine::shard::ShardIngest;
 use crate::error::{ErrorKind, Result};
-use crate::lease::{self, FencedOutput, FencedStore, LeaseHolder};
+use crate::lease::{self, LeaseHolder};
 use crate::position::{SeqNo, ShardPosition};
 use crate::source::kinesis::client::{KinesisStream, ShardInfo};
 use crate::store::{SourcePosition, now_ms, shard_checkpoint};
@@ -236,14 +236,8 @@ impl Consumer {
         let (idle_tx, idle) = watch::channel(false);
         let store = self.ingest.store.clone();
         let ingest = ShardIngest {
-            store: Arc::new(FencedStore {
-                inner: store.clone(),
-                holder: holder.clone(),
-            }),
-            output: Arc::new(FencedOutput::new(
-                self.ingest.output.clone(),
-                holder.clone(),
-            )),
+            store: Arc::new(holder.fence_store(store.clone())),
+            output: Arc::new(holder.fence_output(self.ingest.output.clone())),
             ..self.ingest.clone()
         };
         let stream = self.stream.clone();

@@ -4,7 +4,10 @@
 //! a byte-for-byte preview of the S3 layout.
 
 pub mod athena;
+pub mod fenced;
 pub mod layout;
+
+pub use fenced::FencedOutput;
 pub mod local;
 #[cfg(feature = "aws")]
 pub mod s3;

@@ -12,7 +12,10 @@
 
 #[cfg(feature = "aws")]
 pub mod dynamodb;
+pub mod fenced;
 pub mod local;
+
+pub use fenced::FencedStore;
 
 use serde::{Deserialize, Serialize};
 
