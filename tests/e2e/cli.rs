@@ -1,9 +1,7 @@
 //! The `tidemark` command line: preflight findings with their fixes, one-line errors, exit codes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use tidemark_e2e::both_servers;
 use tidemark_e2e::harness::{self, Scenario};
-use tidemark_e2e::mysql::Server;
 
 /// `tidemark <sub>` for scenario `s` with an explicit source URL.
 fn with_url(s: &Scenario, sub: &str, url: &str, tables: &[&str]) -> std::process::Command {
@@ -16,10 +14,6 @@ fn with_url(s: &Scenario, sub: &str, url: &str, tables: &[&str]) -> std::process
     }
     c
 }
-
-/// Held by the tests of this binary that change MariaDB state every binlog reader sees
-/// (PURGE BINARY LOGS, prepared XA transactions), so they never overlap.
-static MARIADB_SERVER_STATE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
     let out = cmd.output().unwrap();
@@ -401,114 +395,6 @@ async fn health_check_and_embedded_metric_lines() {
     s.cleanup(&c).await;
 }
 
-/// MySQL/MariaDB `check`: settings, grants, retention, server_id and keys, each with its fix;
-/// then a position the server purged: `run` stops with the fix and `check` says so.
-/// (Here rather than in mysql_pipeline: PURGE BINARY LOGS must not race other binlog readers.)
-/// On MySQL the position is a GTID set: `run` refuses it when `gtid_purged` is not in it.
-async fn check_and_purged_position(server: Server) {
-    use mysql_async::prelude::Queryable;
-    use tidemark_e2e::mysql::exec;
-    let _server_wide = MARIADB_SERVER_STATE.lock().await;
-    let mut c = server.conn().await;
-    let mut admin = server.admin().await;
-    let s = server.scenario("mycheck");
-    let (monitor, own_id, status_sql) = match server {
-        Server::MariaDb => ("BINLOG MONITOR granted", "101", "SHOW MASTER STATUS"),
-        Server::MySql => (
-            "REPLICATION CLIENT granted",
-            "201",
-            "SHOW BINARY LOG STATUS",
-        ),
-    };
-    let (good, nopk) = (format!("g_{}", s.name), format!("n_{}", s.name));
-    exec(
-        &mut c,
-        &format!("CREATE TABLE {good} (id INT PRIMARY KEY); CREATE TABLE {nopk} (a INT);"),
-    )
-    .await;
-    let tables = [format!("app.{good}"), format!("app.{nopk}")];
-    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
-    let (code, out, err) = run(&mut s.command("check", &tables, &["--server-id", "77001"]));
-    assert_eq!(code, 0, "{out}{err}");
-    for want in [
-        "ok    binlog_format",
-        "ok    binlog_row_image",
-        "ok    binlog_row_metadata",
-        "REPLICATION SLAVE granted",
-        monitor,
-        "server_id 77001 is not used",
-        "primary key present",
-    ] {
-        assert!(out.contains(want), "missing {want:?} in:\n{out}");
-    }
-    assert!(
-        out.contains(&format!("app.{nopk} has no primary key")),
-        "{out}"
-    );
-
-    // The server's own server_id is refused with the fix.
-    let (code, out, _) = run(&mut s.command("check", &tables, &["--server-id", own_id]));
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("set source.server_id"), "{out}");
-
-    // Stop with a position, let the server purge past it.
-    let (code, _, err) = run(&mut s.command(
-        "run",
-        &tables[..1],
-        &["--until-caught-up", "--server-id", "77001"],
-    ));
-    assert_eq!(code, 0, "{err}");
-    exec(&mut admin, "FLUSH BINARY LOGS").await;
-    exec(&mut c, &format!("INSERT INTO {good} VALUES (1)")).await;
-    exec(&mut admin, "FLUSH BINARY LOGS").await;
-    let current: Option<(String, u64)> = admin
-        .query_first(status_sql)
-        .await
-        .unwrap()
-        .map(|r: mysql_async::Row| (r.get::<String, _>(0).unwrap(), r.get::<u64, _>(1).unwrap()));
-    let (file, _) = current.unwrap();
-    // MariaDB keeps a file until its binlog checkpoint has passed: retry until it is gone.
-    for _ in 0..100 {
-        exec(&mut admin, &format!("PURGE BINARY LOGS TO '{file}'")).await;
-        let logs: Vec<mysql_async::Row> = admin.query("SHOW BINARY LOGS").await.unwrap();
-        if logs
-            .first()
-            .is_some_and(|l| l.get::<String, _>(0).as_deref() == Some(file.as_str()))
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let (code, _, err) = run(&mut s.command(
-        "run",
-        &tables[..1],
-        &[
-            "--until-caught-up",
-            "--server-id",
-            "77001",
-            "--max-retries",
-            "0",
-        ],
-    ));
-    assert_ne!(code, 0);
-    let refused = match server {
-        Server::MariaDb => err.contains("1236"),
-        Server::MySql => err.contains("gtid_purged") && err.contains("binlog retention hours"),
-    };
-    assert!(refused && err.contains("tidemark reset"), "{err}");
-    let (code, out, _) = run(&mut s.command("check", &tables[..1], &["--server-id", "77001"]));
-    assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("older than the oldest binlog") && out.contains("tidemark reset"),
-        "{out}"
-    );
-    server.drop_tables(&[&good, &nopk]).await;
-}
-both_servers!(
-    mysql_check_and_a_purged_binlog_position,
-    check_and_purged_position
-);
-
 /// Issue 11 item 8: the status file is refreshed while a table is copied, so `health` stays at
 /// exit 0 through a copy longer than `--max-age-secs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -580,49 +466,4 @@ async fn health_stays_green_through_a_long_snapshot_copy() {
     );
     s.cleanup(&c).await;
     c.batch_execute(&format!("drop table {t}")).await.unwrap();
-}
-
-/// Issue 11 item 10: a MariaDB XA transaction prepared before the snapshot and committed after
-/// it would be lost (the stream never reads its PREPARE, the snapshot cannot see its rows): the
-/// snapshot waits for it, then refuses, naming it; once it is committed the run takes its rows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_snapshot_refuses_while_an_xa_transaction_is_prepared() {
-    use tidemark_e2e::mysql::{self as my, exec};
-    let _server_wide = MARIADB_SERVER_STATE.lock().await;
-    let mut c = my::conn().await;
-    let s = Scenario::mysql("myxaprep");
-    let t = format!("t_{}", s.name);
-    exec(
-        &mut c,
-        &format!("CREATE TABLE {t} (id INT PRIMARY KEY); INSERT INTO {t} VALUES (1);"),
-    )
-    .await;
-    let xid = format!("{}_x", s.name);
-    let _rollback = my::XaRollbackGuard(xid.clone());
-    exec(
-        &mut c,
-        &format!(
-            "XA START '{xid}'; INSERT INTO {t} VALUES (2); XA END '{xid}'; XA PREPARE '{xid}';"
-        ),
-    )
-    .await;
-    let q = format!("app.{t}");
-    let args = ["--server-id", "77002", "--flush-interval-ms", "200"];
-    let (code, log) = s.run_failing(&[&q], &args);
-    assert_eq!(code, 2, "{log}");
-    assert!(
-        log.contains(&xid) && log.contains("XA COMMIT"),
-        "names it and the fix: {log}"
-    );
-    assert!(s.output_files().is_empty(), "nothing written");
-
-    exec(&mut c, &format!("XA COMMIT '{xid}'")).await;
-    s.run_caught_up_with(&[&q], &args);
-    let ids: Vec<i64> = s
-        .output_rows(&q, "id::bigint as id")
-        .iter()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect();
-    assert_eq!(ids, [1, 2]);
-    my::drop_tables(&[&t]).await;
 }
