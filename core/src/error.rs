@@ -28,6 +28,20 @@ impl ErrorKind {
     }
 }
 
+/// `text` followed by each error of the chain from `first` on, `: `-separated, each once.
+pub fn with_causes(mut text: String, first: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut cur = first;
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !s.is_empty() && !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cur = e.source();
+    }
+    text
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -100,20 +114,11 @@ impl Error {
 
     /// The message followed by the chain of causes, on one line.
     pub fn one_line(&self) -> String {
-        let mut out = self.message.clone();
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = self
+        let source = self
             .source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static));
-        while let Some(e) = cur {
-            let s = e.to_string();
-            if !s.is_empty() && !out.contains(&s) {
-                out.push_str(": ");
-                out.push_str(&s);
-            }
-            cur = e.source();
-        }
-        out
+        with_causes(self.message.clone(), source)
     }
 
     /// Prefix the message with context, keeping kind and source.

@@ -1,7 +1,7 @@
 //! The dependency rule between the crate's modules, checked over the source text: a module
 //! uses only modules of its own layer or below (outside its tests).
 //!
-//! model (error, change, position, clock, table_name, metrics, telemetry)
+//! model (error, failpoint, change, position, clock, table_name, metrics, telemetry)
 //!   ← codec, parquet, config, aws
 //!   ← output, store, lease
 //!   ← source, sink
@@ -11,6 +11,7 @@
 /// Layer of each top-level module, lowest first.
 const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
+    ("failpoint", 0),
     ("change", 0),
     ("position", 0),
     ("clock", 0),

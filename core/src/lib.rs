@@ -6,7 +6,8 @@
 //! ```text
 //!  source (postgres, mysql)            engine                         output / store
 //!  ───────────────────────            ──────                         ──────────────
-//!  TableCopier ── chunks ──────────> snapshot driver ── parts ─────> ObjectOutput (local dir, S3)
+//!  Source: open, prepare ──────────> engine::run (one driver)
+//!  SnapshotRead + TableCopier ─────> snapshot driver ── parts ─────> ObjectOutput (local dir, S3)
 //!  ChangeStream ─ Begin/Rows/...     stream loop: Batch (Arrow)       │
 //!     Commit/Progress ────────────>   encode off-task, N in flight    │ intent → objects → commit
 //!     <── ack(durable position) ──   commits in order ──────────────> PositionStore (file, DynamoDB)
@@ -17,12 +18,18 @@
 //!
 //! A position moves only after the Parquet it covers is durable ([`engine::commit_batch`]); a
 //! restart replays from it and skips what it covers, so the output holds each row once.
+//! [`failpoint`] aborts the process at each window of that protocol, for the end-to-end tests.
+//!
+//! The contracts: [`source::Source`] (with [`source::SnapshotRead`],
+//! [`source::snapshot::TableCopier`], [`source::stream::ChangeStream`]),
+//! [`output::ObjectOutput`], [`store::PositionStore`]; one AWS error classifier,
+//! `aws::error`.
 //!
 //! # Layers
 //!
 //! Each module uses only its own layer and those below (checked by a unit test, `layers.rs`):
-//! model ([`change`], [`position`], [`clock`], [`table_name`], [`metrics`]) ←
-//! [`codec`], [`parquet`], [`config`] ← [`output`], [`store`], [`lease`] ← [`source`], [`sink`] ←
+//! model ([`change`], [`position`], [`clock`], [`table_name`], [`metrics`], [`failpoint`]) ←
+//! [`codec`], [`parquet`], [`config`], `aws` ← [`output`], [`store`], [`lease`] ← [`source`], [`sink`] ←
 //! [`engine`] ← [`runtime`] (supervisor, status, check, reset) ← the binaries.
 
 #[cfg(feature = "aws")]
@@ -33,6 +40,7 @@ pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod failpoint;
 pub mod lease;
 pub mod metrics;
 pub mod output;

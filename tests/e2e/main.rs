@@ -12,5 +12,6 @@ mod mysql_pipeline;
 mod postgres_pipeline;
 mod replication_client;
 mod s3_output;
+mod source_conformance;
 mod tls;
 mod types_round_trip;

@@ -14,7 +14,6 @@
 
 pub mod baseline;
 pub mod batch;
-pub mod capture;
 pub mod shard;
 #[cfg(feature = "aws")]
 pub mod shard_consumer;
@@ -29,12 +28,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::failpoint;
 use crate::lease;
 
 use crate::config::Config;
 use crate::error::Result;
 use crate::output::ObjectOutput;
-use crate::position::Lsn;
 use crate::store::{Checkpoint, PositionStore, SourcePosition, WriteIntent};
 
 pub use batch::Batch;
@@ -97,9 +96,11 @@ pub async fn commit_batch(
             started_ms: publish.as_ref().and_then(|p| p.started_ms),
         });
         store.save(cur.expected(), &with_intent, None).await?;
+        failpoint::pass(failpoint::INTENT_SAVED);
         cur = with_intent;
         for (key, bytes) in objects {
             output.put(&key, bytes).await?;
+            failpoint::pass(failpoint::OBJECT_PUT);
         }
     }
     let mut committed = cur.next();
@@ -114,6 +115,7 @@ pub async fn commit_batch(
         committed.last_commit_ts = last_commit_ts;
     }
     store.save(cur.expected(), &committed, None).await?;
+    failpoint::pass(failpoint::POSITION_SAVED);
     Ok(committed)
 }
 
@@ -155,10 +157,7 @@ impl Backoff {
     }
 }
 
-#[cfg(feature = "mysql")]
-pub mod mysql;
-#[cfg(feature = "postgres")]
-pub mod postgres;
+mod run;
 
 /// The former name of [`Pipeline`].
 pub type PgPipeline = Pipeline;
@@ -171,14 +170,14 @@ pub struct Pipeline {
     /// Draw a progress bar for snapshots (on a terminal).
     pub progress: bool,
     pub status: Option<StatusFile>,
-    /// PostgreSQL: return `Ok` once everything up to this WAL position is durable; with
-    /// `until_caught_up`, the first run reads it from the server.
-    pub stop_at: Option<Lsn>,
     /// Return `Ok` once everything the server had written when the first run connected is
     /// durable (`--until-caught-up`).
     pub until_caught_up: bool,
-    /// MySQL: the binlog position `until_caught_up` waits for (read once).
-    pub mysql_stop_at: Option<crate::position::BinlogCoord>,
+    /// The source's write position `until_caught_up` waits for ([`Source::write_position`],
+    /// read once and kept across retries).
+    ///
+    /// [`Source::write_position`]: crate::source::Source::write_position
+    pub caught_up_at: Option<Arc<dyn std::any::Any + Send + Sync>>,
     pub metrics: crate::metrics::Metrics,
     /// Batches committed by this pipeline so far (all runs): tells a retry loop whether the
     /// last run made progress.
@@ -241,10 +240,14 @@ impl Pipeline {
     async fn run_source(&mut self, shutdown: watch::Receiver<bool>) -> Result<()> {
         if self.config.is_mysql() {
             #[cfg(feature = "mysql")]
-            return self.run_mysql(shutdown).await;
+            return self
+                .run_database::<crate::source::mysql::source::MysqlSource>(shutdown)
+                .await;
         } else {
             #[cfg(feature = "postgres")]
-            return self.run_postgres(shutdown).await;
+            return self
+                .run_database::<crate::source::postgres::source::PostgresSource>(shutdown)
+                .await;
         }
         #[allow(unreachable_code)]
         {

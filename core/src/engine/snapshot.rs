@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::change::TableId;
 use crate::engine::Pipeline;
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::output::Layout;
 use crate::position::Lsn;
 use crate::source::snapshot::{Chunk, CopyTarget, KeyPlan, SnapshotMeta, TableCopier};
@@ -215,6 +216,9 @@ impl Pipeline {
             }
         }
         self.store.save(cp.expected(), &next, None).await?;
+        if finished {
+            failpoint::pass(failpoint::TABLE_DONE);
+        }
         Ok(next)
     }
 

@@ -616,9 +616,8 @@ mod tests {
             )),
             progress: false,
             status: None,
-            stop_at: None,
+            caught_up_at: None,
             until_caught_up: false,
-            mysql_stop_at: None,
             metrics: crate::metrics::Metrics::new("t", false),
             commits: 0,
             #[cfg(feature = "aws")]

@@ -51,6 +51,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::BoxFuture;
+use crate::aws::error::{Cause, Failure};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::ObjectOutput;
 
@@ -272,132 +273,6 @@ impl Op {
             Op::DeleteObject => "s3:DeleteObject",
             Op::GetObject => "s3:GetObject (and s3:ListBucket, so that missing keys read as 404)",
         }
-    }
-}
-
-/// What went wrong, as far as tidemark cares; decides the [`ErrorKind`] and the advice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cause {
-    /// SlowDown, 503, 429, throttling codes.
-    Throttled,
-    /// 5xx, request timeouts, aborted or vanished multipart uploads, connection trouble.
-    Unavailable,
-    NoSuchBucket,
-    AccessDenied,
-    Credentials,
-    ClockSkew,
-    WrongRegion,
-    Kms,
-    BadBucketName,
-    /// Anything else the service rejected: a bug or an unexpected state.
-    Rejected,
-}
-
-impl Cause {
-    fn kind(self) -> ErrorKind {
-        match self {
-            Cause::Throttled | Cause::Unavailable => ErrorKind::Transient,
-            Cause::NoSuchBucket
-            | Cause::AccessDenied
-            | Cause::Credentials
-            | Cause::ClockSkew
-            | Cause::WrongRegion
-            | Cause::Kms
-            | Cause::BadBucketName => ErrorKind::Config,
-            Cause::Rejected => ErrorKind::Fatal,
-        }
-    }
-}
-
-/// Error codes the SDK's standard retry treats as throttling (plus S3's own).
-const THROTTLING_CODES: &[&str] = &[
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "BandwidthLimitExceeded",
-    "LimitExceededException",
-    "PriorRequestNotComplete",
-];
-
-/// Classifies a service error response by its code, message and HTTP status.
-fn classify(code: Option<&str>, message: Option<&str>, status: Option<u16>) -> Cause {
-    let mentions_kms = message.is_some_and(|m| {
-        let m = m.to_ascii_lowercase();
-        m.contains("kms") || m.contains("key management")
-    });
-    if let Some(code) = code {
-        if THROTTLING_CODES.contains(&code) {
-            return Cause::Throttled;
-        }
-        if let Some(kms) = code.strip_prefix("KMS.") {
-            return if kms.contains("Throttl") || kms.contains("LimitExceeded") {
-                Cause::Throttled
-            } else if kms.contains("Internal")
-                || kms.contains("DependencyTimeout")
-                || kms.contains("Unavailable")
-            {
-                Cause::Unavailable
-            } else {
-                Cause::Kms
-            };
-        }
-        match code {
-            "InternalError"
-            | "InternalFailure"
-            | "ServiceUnavailable"
-            | "RequestTimeout"
-            | "RequestTimeoutException"
-            | "OperationAborted"
-            | "NoSuchUpload" => {
-                return Cause::Unavailable;
-            }
-            "NoSuchBucket" => return Cause::NoSuchBucket,
-            "AccessDenied" | "AllAccessDisabled" | "AccountProblem" | "NotSignedUp"
-            | "Forbidden"
-                if mentions_kms =>
-            {
-                return Cause::Kms;
-            }
-            "AccessDenied" | "AllAccessDisabled" | "AccountProblem" | "NotSignedUp"
-            | "Forbidden" => return Cause::AccessDenied,
-            "InvalidAccessKeyId"
-            | "SignatureDoesNotMatch"
-            | "ExpiredToken"
-            | "InvalidToken"
-            | "TokenRefreshRequired"
-            | "MissingSecurityHeader"
-            | "InvalidSecurity"
-            | "InvalidClientTokenId"
-            | "UnrecognizedClientException" => return Cause::Credentials,
-            "RequestTimeTooSkewed" => return Cause::ClockSkew,
-            "PermanentRedirect"
-            | "TemporaryRedirect"
-            | "Redirect"
-            | "AuthorizationHeaderMalformed"
-            | "IllegalLocationConstraintException" => return Cause::WrongRegion,
-            "InvalidBucketName" => return Cause::BadBucketName,
-            "InvalidArgument" | "InvalidRequest" | "InvalidEncryptionAlgorithmError"
-                if mentions_kms =>
-            {
-                return Cause::Kms;
-            }
-            _ => {}
-        }
-    }
-    // Errors without a body (HEAD requests) or with a code not listed above.
-    let object_level = matches!(code, Some("NoSuchKey" | "NoSuchVersion"));
-    match status {
-        Some(429 | 503) => Cause::Throttled,
-        Some(408 | 500..=599) => Cause::Unavailable,
-        Some(404) if !object_level => Cause::NoSuchBucket,
-        Some(403) => Cause::AccessDenied,
-        Some(301 | 307) => Cause::WrongRegion,
-        _ => Cause::Rejected,
     }
 }
 
@@ -642,54 +517,19 @@ impl S3Output {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let at = self.location(key);
-        let (cause, detail, bucket_region) = match &err {
-            SdkError::ServiceError(_) | SdkError::ResponseError(_) => {
-                let status = err.raw_response().map(|r| r.status().as_u16());
-                let bucket_region = err
-                    .raw_response()
-                    .and_then(|r| r.headers().get("x-amz-bucket-region"))
-                    .map(str::to_string);
-                // An unparseable response keeps a configuration cause (403, 404...) and is
-                // transient otherwise.
-                let cause = match (&err, classify(err.code(), err.message(), status)) {
-                    (SdkError::ResponseError(_), Cause::Rejected) => Cause::Unavailable,
-                    (_, cause) => cause,
-                };
-                let mut detail = match status {
-                    Some(s) => format!("HTTP {s}"),
-                    None => "no response".to_string(),
-                };
-                if let Some(c) = err.code() {
-                    detail.push_str(&format!(" {c}"));
-                }
-                if let Some(m) = err.message().filter(|m| !m.is_empty()) {
-                    detail.push_str(&format!(": {m}"));
-                }
-                (cause, detail, bucket_region)
-            }
-            SdkError::TimeoutError(_) => (Cause::Unavailable, "timed out".to_string(), None),
-            SdkError::DispatchFailure(d) => {
-                let chain = error_chain(&err);
-                let cause = if d.is_io() || d.is_timeout() {
-                    Cause::Unavailable
-                } else if let Some(c) = credentials_cause(&chain) {
-                    c
-                } else if d.is_user() {
-                    Cause::Rejected
-                } else {
-                    Cause::Unavailable
-                };
-                (cause, format!("request not sent: {chain}"), None)
-            }
-            _ => (Cause::Rejected, error_chain(&err), None),
-        };
+        let Failure {
+            cause,
+            detail,
+            bucket_region,
+            ..
+        } = Failure::of(&err);
         let op_name = op.name();
         let message = match cause {
             Cause::Throttled | Cause::Unavailable => format!(
                 "S3 {op_name} {at} failed after retries (up to {} attempts): {detail}",
                 self.opts.max_attempts
             ),
-            Cause::NoSuchBucket => format!(
+            Cause::NotFound => format!(
                 "S3 bucket {} does not exist or is not reachable in region {}: create it or fix output.url ({op_name}: {detail})",
                 self.bucket, self.region
             ),
@@ -725,11 +565,16 @@ impl S3Output {
                     .as_deref()
                     .unwrap_or("(bucket default)")
             ),
-            Cause::BadBucketName => format!(
+            Cause::Invalid => format!(
                 "S3 rejected the bucket name {} ({detail}): fix output.url",
                 self.bucket
             ),
-            Cause::Rejected => format!("S3 {op_name} {at} failed: {detail}"),
+            Cause::Endpoint => format!(
+                "cannot send S3 {op_name} {at} ({detail}): check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3"
+            ),
+            Cause::ConditionFailed | Cause::Rejected => {
+                format!("S3 {op_name} {at} failed: {detail}")
+            }
         };
         Error::with_source(cause.kind(), message, err)
     }
@@ -879,38 +724,6 @@ impl S3Output {
             .await
             .map_err(|e| self.sdk_error(Op::CompleteMultipartUpload, key, e))?;
         Ok(())
-    }
-}
-
-/// An error and its causes on one line.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !s.is_empty() && !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = e.source();
-    }
-    out
-}
-
-/// Credential resolution fails before a request is sent; the SDK reports it as a dispatch
-/// failure. Its `CredentialsError` is only visible as text here.
-fn credentials_cause(chain: &str) -> Option<Cause> {
-    if chain.contains("credentials provider timed out")
-        || chain.contains("an error occurred while loading credentials")
-    {
-        Some(Cause::Unavailable)
-    } else if chain.contains("the credential provider was not enabled")
-        || chain.contains("no providers in chain provided credentials")
-        || chain.contains("credentials provider was not properly configured")
-    {
-        Some(Cause::Credentials)
-    } else {
-        None
     }
 }
 
@@ -1151,87 +964,6 @@ mod tests {
             "application/vnd.apache.parquet"
         );
         assert_eq!(content_type("a/b.json"), "application/octet-stream");
-    }
-
-    #[test]
-    fn classifies_codes_and_statuses() {
-        use Cause::*;
-        let cases: &[(Option<&str>, Option<&str>, u16, Cause)] = &[
-            (Some("SlowDown"), None, 503, Throttled),
-            (Some("ThrottlingException"), None, 400, Throttled),
-            (Some("RequestLimitExceeded"), None, 400, Throttled),
-            (None, None, 503, Throttled),
-            (None, None, 429, Throttled),
-            (Some("InternalError"), None, 500, Unavailable),
-            (None, None, 502, Unavailable),
-            (Some("RequestTimeout"), None, 400, Unavailable),
-            (Some("NoSuchUpload"), None, 404, Unavailable),
-            (Some("OperationAborted"), None, 409, Unavailable),
-            (Some("NoSuchBucket"), None, 404, NoSuchBucket),
-            (None, None, 404, NoSuchBucket),
-            (Some("NotFound"), None, 404, NoSuchBucket),
-            (
-                Some("AccessDenied"),
-                Some("Access Denied"),
-                403,
-                AccessDenied,
-            ),
-            (None, None, 403, AccessDenied),
-            (Some("AllAccessDisabled"), None, 403, AccessDenied),
-            (Some("InvalidAccessKeyId"), None, 403, Credentials),
-            (Some("SignatureDoesNotMatch"), None, 403, Credentials),
-            (Some("ExpiredToken"), None, 400, Credentials),
-            (Some("RequestTimeTooSkewed"), None, 403, ClockSkew),
-            (Some("PermanentRedirect"), None, 301, WrongRegion),
-            (None, None, 301, WrongRegion),
-            (Some("AuthorizationHeaderMalformed"), None, 400, WrongRegion),
-            (Some("KMS.NotFoundException"), None, 400, Kms),
-            (Some("KMS.DisabledException"), None, 400, Kms),
-            (Some("KMS.ThrottlingException"), None, 400, Throttled),
-            (Some("KMS.KMSInternalException"), None, 500, Unavailable),
-            (
-                Some("AccessDenied"),
-                Some("User is not authorized to perform: kms:GenerateDataKey"),
-                403,
-                Kms,
-            ),
-            (
-                Some("InvalidArgument"),
-                Some("Invalid arn us-east-1 for KMS"),
-                400,
-                Kms,
-            ),
-            (
-                Some("InvalidArgument"),
-                Some("Part number must be an integer"),
-                400,
-                Rejected,
-            ),
-            (Some("InvalidBucketName"), None, 400, BadBucketName),
-            (Some("EntityTooSmall"), None, 400, Rejected),
-            (Some("NoSuchKey"), None, 404, Rejected),
-            (Some("MalformedXML"), None, 400, Rejected),
-        ];
-        for (code, msg, status, want) in cases {
-            assert_eq!(
-                classify(*code, *msg, Some(*status)),
-                *want,
-                "{code:?} {msg:?} {status}"
-            );
-        }
-        assert_eq!(Throttled.kind(), ErrorKind::Transient);
-        assert_eq!(Unavailable.kind(), ErrorKind::Transient);
-        for c in [
-            NoSuchBucket,
-            AccessDenied,
-            Credentials,
-            ClockSkew,
-            WrongRegion,
-            Kms,
-        ] {
-            assert_eq!(c.kind(), ErrorKind::Config);
-        }
-        assert_eq!(Rejected.kind(), ErrorKind::Fatal);
     }
 
     /// An `S3Output` whose client is never used to send (error mapping only).

@@ -2,7 +2,9 @@
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::source::postgres::{catalog, connect};
+use crate::source::Source;
+use crate::source::mysql::source::MysqlSource;
+use crate::source::postgres::source::PostgresSource;
 use crate::store;
 
 /// Forgets `cfg`'s pipeline position (and, with `drop_slot`, its PostgreSQL slot and
@@ -37,43 +39,11 @@ pub async fn reset(cfg: &Config, drop_slot: bool) -> Result<Vec<String>> {
         ));
         return Ok(said);
     }
-    if drop_slot && !cfg.is_mysql() {
-        // The slot the checkpoint recorded, else the configured or default name (no checkpoint
-        // at all is fine).
-        let (slot, publication) = crate::engine::postgres::slot_names(cfg, cp.as_ref());
-        let pg = connect::source_settings(&cfg.source)?;
-        let client = connect::sql_connect(&pg, "tidemark-reset").await?;
-        let dropped = client
-            .execute(
-                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1",
-                &[&slot],
-            )
-            .await?;
-        client
-            .batch_execute(&format!(
-                "drop publication if exists {}",
-                catalog::quote_ident(&publication)
-            ))
-            .await?;
-        said.push(format!(
-            "replication slot {slot} {}; publication {publication} dropped",
-            if dropped > 0 {
-                "dropped"
-            } else {
-                "was not there"
-            }
-        ));
-    }
-    if !drop_slot && !cfg.is_mysql() {
-        let (slot, _) = crate::engine::postgres::slot_names(cfg, cp.as_ref());
-        let (next, _) = crate::engine::postgres::slot_names(cfg, None);
-        if slot != next {
-            said.push(format!(
-                "note: replication slot {slot} is kept, but the next run creates {next} (the default name changed); \
-                 drop {slot} or it holds WAL: SELECT pg_drop_replication_slot('{slot}')"
-            ));
-        }
-    }
+    said.extend(if cfg.is_mysql() {
+        MysqlSource::reset(cfg, cp.as_ref(), drop_slot).await?
+    } else {
+        PostgresSource::reset(cfg, cp.as_ref(), drop_slot).await?
+    });
     said.push(format!("pipeline {} reset", cfg.pipeline));
     Ok(said)
 }

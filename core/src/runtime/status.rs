@@ -129,7 +129,7 @@ pub async fn status(cfg: &Config) -> Result<Status> {
         .await?
         .filter(|l| l.expires_at_ms > store::now_ms());
     let report = StatusFile::read(&state_dir(cfg)?, &cfg.pipeline)?;
-    let (pg_slot, _) = crate::engine::postgres::slot_names(cfg, cp.as_ref());
+    let (pg_slot, _) = crate::source::postgres::source::slot_names(cfg, cp.as_ref());
     let (slot, server_error) = if cfg.is_mysql() {
         (None, None)
     } else {

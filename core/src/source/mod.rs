@@ -1,5 +1,7 @@
 //! Change sources.
 
+pub mod capture;
+pub mod contract;
 pub mod kinesis;
 pub mod memory;
 #[cfg(feature = "mysql")]
@@ -9,6 +11,8 @@ pub mod postgres;
 pub mod snapshot;
 pub mod ssl_mode;
 pub mod stream;
+
+pub use contract::{Ordering, ResumeMode, SnapshotRead, SnapshotTables, Source};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

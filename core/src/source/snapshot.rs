@@ -10,6 +10,7 @@ use std::future::Future;
 
 use crate::change::{ColumnType, Op, RowMeta, SchemaRef, TableId, TableSchema, Value};
 use crate::error::Result;
+use crate::failpoint;
 use crate::output::{Layout, ObjectOutput};
 use crate::parquet::{ParquetFileWriter, TableBatchBuilder};
 
@@ -209,6 +210,7 @@ impl<'a> PartWriter<'a> {
             self.chunk.first_part + self.out.parts,
         );
         t.output.put(&key, part.finish()?).await?;
+        failpoint::pass(failpoint::PART_PUT);
         self.out.parts += 1;
         Ok(())
     }
@@ -230,6 +232,7 @@ impl<'a> PartWriter<'a> {
                 chunk.first_part + out.parts,
             );
             target.output.put(&key, part.finish()?).await?;
+            failpoint::pass(failpoint::PART_PUT);
             out.parts += 1;
         }
         Ok(out)

@@ -63,6 +63,7 @@ use aws_sdk_dynamodb::types::{
 };
 
 use crate::BoxFuture;
+use crate::aws::error::{Cause, Failure};
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::{
     Checkpoint, Lease, PositionStore, check_lease, check_transition, grant_lease, now_ms,
@@ -676,98 +677,35 @@ fn parse_item(table: &str, pipeline: &str, item: &Item) -> Result<Stored> {
     Ok(Stored { checkpoint, lease })
 }
 
-/// What a DynamoDB error code (and HTTP status) means for the caller.
-fn classify(code: Option<&str>, status: Option<u16>) -> ErrorKind {
-    match code.unwrap_or("") {
-        "AccessDeniedException"
-        | "UnrecognizedClientException"
-        | "InvalidSignatureException"
-        | "IncompleteSignatureException"
-        | "MissingAuthenticationTokenException"
-        | "ExpiredTokenException"
-        | "InvalidClientTokenId"
-        | "ResourceNotFoundException" => ErrorKind::Config,
-        "ThrottlingException"
-        | "ProvisionedThroughputExceededException"
-        | "RequestLimitExceeded"
-        | "LimitExceededException"
-        | "InternalServerError"
-        | "ServiceUnavailable"
-        | "TransactionConflictException"
-        | "ReplicatedWriteConflictException"
-        | "ResourceInUseException" => ErrorKind::Transient,
-        "ConditionalCheckFailedException" => ErrorKind::Conflict,
-        _ if status.is_some_and(|s| s >= 500) => ErrorKind::Transient,
-        _ => ErrorKind::Fatal,
-    }
-}
-
-/// Maps an SDK error of `action` (the DynamoDB API name) on `table` to a tidemark error.
+/// Maps an SDK error of `action` (the DynamoDB API name) on `table` to a tidemark error; the
+/// meaning comes from the one AWS classifier.
 fn sdk_error<E>(err: SdkError<E, HttpResponse>, table: &str, action: &str) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let (kind, message) = match &err {
-        SdkError::ServiceError(se) => {
-            let code = err.code();
-            let kind = classify(code, Some(se.raw().status().as_u16()));
-            let detail = format!(
-                "{}: {}",
-                code.unwrap_or("error"),
-                err.message().unwrap_or("no message")
-            );
-            let message = match code {
-                Some("AccessDeniedException") => format!(
-                    "access denied to DynamoDB table {table}: allow dynamodb:{action} on it for this worker's AWS identity ({detail})"
-                ),
-                Some("ResourceNotFoundException") => format!(
-                    "DynamoDB table {table} does not exist: create it (partition key pk, string) or run with --create-table"
-                ),
-                _ if kind == ErrorKind::Config => {
-                    format!(
-                        "DynamoDB rejected the AWS credentials ({detail}): check the credentials and region"
-                    )
-                }
-                _ => format!("DynamoDB {action} on table {table} failed: {detail}"),
-            };
-            (kind, message)
-        }
-        SdkError::DispatchFailure(d) if d.is_user() => (
-            ErrorKind::Config,
-            format!("cannot send DynamoDB {action} for table {table}: check AWS_ENDPOINT_URL"),
+    let f = Failure::of(&err);
+    let detail = &f.detail;
+    let message = match f.cause {
+        Cause::AccessDenied => format!(
+            "access denied to DynamoDB table {table}: allow dynamodb:{action} on it for this worker's AWS identity ({detail})"
         ),
-        SdkError::DispatchFailure(d) if d.is_other() && no_credentials(&err) => (
-            ErrorKind::Config,
+        Cause::NotFound => format!(
+            "DynamoDB table {table} does not exist: create it (partition key pk, string) or run with --create-table"
+        ),
+        Cause::Endpoint => {
             format!(
-                "no AWS credentials for DynamoDB table {table}: configure credentials (environment, profile, or role)"
-            ),
-        ),
-        SdkError::ConstructionFailure(_) => (
-            ErrorKind::Fatal,
-            format!("cannot build DynamoDB {action} for table {table}"),
-        ),
-        _ => (
-            ErrorKind::Transient,
-            format!("DynamoDB {action} on table {table} failed"),
-        ),
-    };
-    Error::with_source(kind, message, err)
-}
-
-/// Whether the error chain says the credential chain found nothing (not a transient fetch failure).
-fn no_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if s.contains("no providers in chain provided credentials")
-            || s.contains("credential provider was not enabled")
-            || s.contains("credentials provider was not properly configured")
-        {
-            return true;
+                "cannot send DynamoDB {action} for table {table}: check AWS_ENDPOINT_URL ({detail})"
+            )
         }
-        cur = e.source();
-    }
-    false
+        Cause::Credentials if f.code.is_none() => format!(
+            "no AWS credentials for DynamoDB table {table}: configure credentials (environment, profile, or role)"
+        ),
+        Cause::Credentials | Cause::ClockSkew | Cause::WrongRegion => format!(
+            "DynamoDB rejected the AWS credentials ({detail}): check the credentials and region"
+        ),
+        _ => format!("DynamoDB {action} on table {table} failed: {detail}"),
+    };
+    Error::with_source(f.kind(), message, err)
 }
 
 #[cfg(test)]
@@ -1022,65 +960,5 @@ mod tests {
             assert!(validate_pipeline(bad).is_err(), "{bad}");
         }
         assert_eq!(key("orders"), s("pipeline#orders"));
-    }
-
-    #[test]
-    fn error_codes_are_classified() {
-        assert_eq!(
-            classify(Some("AccessDeniedException"), Some(400)),
-            ErrorKind::Config
-        );
-        assert_eq!(
-            classify(Some("UnrecognizedClientException"), Some(400)),
-            ErrorKind::Config
-        );
-        assert_eq!(
-            classify(Some("ResourceNotFoundException"), Some(400)),
-            ErrorKind::Config
-        );
-        assert_eq!(
-            classify(Some("ThrottlingException"), Some(400)),
-            ErrorKind::Transient
-        );
-        assert_eq!(
-            classify(Some("ProvisionedThroughputExceededException"), Some(400)),
-            ErrorKind::Transient
-        );
-        assert_eq!(
-            classify(Some("InternalServerError"), Some(500)),
-            ErrorKind::Transient
-        );
-        assert_eq!(classify(None, Some(503)), ErrorKind::Transient);
-        assert_eq!(
-            classify(Some("ConditionalCheckFailedException"), Some(400)),
-            ErrorKind::Conflict
-        );
-        assert_eq!(
-            classify(Some("ValidationException"), Some(400)),
-            ErrorKind::Fatal
-        );
-    }
-
-    #[test]
-    fn missing_credentials_are_detected_in_the_chain() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl std::fmt::Display for Outer {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("dispatch failure")
-            }
-        }
-        impl std::error::Error for Outer {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let e = Outer(std::io::Error::other(
-            "no providers in chain provided credentials",
-        ));
-        assert!(no_credentials(&e));
-        assert!(!no_credentials(&Outer(std::io::Error::other(
-            "connection refused"
-        ))));
     }
 }

@@ -578,9 +578,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         store,
         progress: std::io::stderr().is_terminal(),
         status: Some(StatusFile::new(&state_dir, &cfg.pipeline)),
-        stop_at: None,
+        caught_up_at: None,
         until_caught_up: args.until_caught_up,
-        mysql_stop_at: None,
         metrics: metrics.clone(),
         commits: 0,
         publisher: match &args.publish {

@@ -1,8 +1,10 @@
 //! The Kinesis Data Streams client: shards, reading a shard, publishing records.
 //!
-//! Errors: a missing stream, access denied or an invalid argument is
+//! Errors are classified by the one AWS classifier ([`crate::aws::error`]): a missing stream,
+//! access denied, an invalid argument or an unusable KMS key is
 //! [`ErrorKind::Config`](crate::ErrorKind::Config); throttling, expired iterators, 5xx,
-//! timeouts and connection failures are [`ErrorKind::Transient`](crate::ErrorKind::Transient).
+//! timeouts and connection failures are [`ErrorKind::Transient`](crate::ErrorKind::Transient);
+//! any other refusal is [`ErrorKind::Fatal`](crate::ErrorKind::Fatal).
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
@@ -11,7 +13,8 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 
 use super::ShardRecord;
-use crate::error::{Error, ErrorKind, Result};
+use crate::aws::error::{Cause, Failure};
+use crate::error::{Error, Result};
 use crate::position::SeqNo;
 
 /// One shard of a stream, with its lineage.
@@ -232,44 +235,29 @@ impl KinesisStream {
             .collect()
     }
 
-    fn error<E: ProvideErrorMetadata + std::fmt::Debug>(
+    fn error<E>(
         &self,
         op: &str,
         e: SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>,
-    ) -> Error {
-        let (kind, detail) = match &e {
-            SdkError::ServiceError(s) => {
-                let code = s.err().code().unwrap_or("Unknown");
-                let msg = s.err().message().unwrap_or_default();
-                let kind = match code {
-                    "ResourceNotFoundException" => ErrorKind::Config,
-                    "AccessDeniedException" => ErrorKind::Config,
-                    "InvalidArgumentException" | "ValidationException" => ErrorKind::Config,
-                    "KMSAccessDeniedException"
-                    | "KMSDisabledException"
-                    | "KMSNotFoundException"
-                    | "KMSInvalidStateException"
-                    | "KMSOptInRequired" => ErrorKind::Config,
-                    _ => ErrorKind::Transient,
-                };
-                (kind, format!("{code}: {msg}"))
-            }
-            other => (ErrorKind::Transient, format!("{other:?}")),
-        };
-        let hint = match kind {
-            ErrorKind::Config => format!(
+    ) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let f = Failure::of(&e);
+        let hint = match f.cause {
+            Cause::NotFound | Cause::AccessDenied | Cause::Invalid | Cause::Kms => format!(
                 " (check that stream {:?} exists in this region and that the role may kinesis:{op})",
                 self.name
             ),
+            Cause::Credentials => " (fix the AWS credentials)".to_string(),
+            Cause::Endpoint => " (check AWS_ENDPOINT_URL)".to_string(),
             _ => String::new(),
         };
-        Error::new(
-            kind,
-            format!(
-                "Kinesis {op} on stream {:?} failed: {detail}{hint}",
-                self.name
-            ),
-        )
+        let message = format!(
+            "Kinesis {op} on stream {:?} failed: {}{hint}",
+            self.name, f.detail
+        );
+        Error::with_source(f.kind(), message, e)
     }
 }
 

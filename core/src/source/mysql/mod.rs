@@ -9,5 +9,6 @@ pub mod check;
 pub mod connect;
 pub mod gtid;
 pub mod snapshot;
+pub mod source;
 pub mod stream;
 pub mod types;

@@ -7,6 +7,7 @@ pub mod copy_text;
 pub mod pgoutput;
 pub mod replication;
 pub mod snapshot;
+pub mod source;
 pub mod stream;
 pub mod tls;
 pub mod types;

@@ -6,7 +6,7 @@
 //! ([`PartWriter`](crate::source::snapshot::PartWriter)). Tables with a single integer primary
 //! key are copied in key-ordered chunks of one part each, so the snapshot driver
 //! (`engine::snapshot`) records progress per part and resumes after a crash (see
-//! `engine::postgres` for how a resumed range hands over to the stream).
+//! `source::postgres::source` for how a resumed range hands over to the stream).
 
 use futures_util::StreamExt;
 use indicatif::ProgressBar;

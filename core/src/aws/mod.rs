@@ -6,6 +6,8 @@
 
 use aws_config::BehaviorVersion;
 
+pub mod error;
+
 /// Loads the SDK configuration once per process (cheap to clone).
 pub async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).load().await
@@ -46,18 +48,23 @@ pub fn endpoint_overridden() -> bool {
 /// The password stored in a Secrets Manager secret: its `password` field when the secret is
 /// JSON (the RDS format), else the whole string.
 pub async fn secret_password(arn: &str) -> crate::Result<crate::config::Secret> {
-    use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
     let client = aws_sdk_secretsmanager::Client::new(&sdk_config().await);
-    let out = client.get_secret_value().secret_id(arn).send().await.map_err(|e| {
-        let code = e.code().unwrap_or("unknown").to_string();
-        let kind = match code.as_str() {
-            "ResourceNotFoundException" | "AccessDeniedException" | "DecryptionFailure" | "InvalidParameterException" => {
-                crate::ErrorKind::Config
-            }
-            _ => crate::ErrorKind::Transient,
-        };
-        crate::Error::new(kind, format!("cannot read the password secret {arn}: {code} (check the ARN and secretsmanager:GetSecretValue)"))
-    })?;
+    let out = client
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| {
+            let f = error::Failure::of(&e);
+            crate::Error::with_source(
+                f.kind(),
+                format!(
+                    "cannot read the password secret {arn}: {} (check the ARN and secretsmanager:GetSecretValue)",
+                    f.detail
+                ),
+                e,
+            )
+        })?;
     let raw = out
         .secret_string()
         .ok_or_else(|| crate::Error::config(format!("secret {arn} has no string value")))?;

@@ -1,0 +1,171 @@
+//! The database source contract: what the engine's one driver (`engine::run`) asks of
+//! PostgreSQL and MySQL/MariaDB, in the order it asks. The stream itself is [`ChangeStream`]
+//! (events, cancel safety, `ack`); the snapshot's table copy is [`TableCopier`].
+//!
+//! A run is: [`Source::open`] → ([`Source::write_position`] for `--until-caught-up`) →
+//! [`Source::prepare`] → the engine records the captured set → [`Source::captured`] → when the
+//! checkpoint has no position, a snapshot ([`Source::begin_snapshot`] or, for an unfinished one
+//! the source [`can resume`](Source::can_resume), [`Source::resume_snapshot`]; the engine copies
+//! every table of [`Source::snapshot_tables`] from the [`SnapshotRead`] and records the snapshot done at
+//! [`Source::stream_start`]) → [`Source::stream`] from the durable position. Any step may fail;
+//! the engine then drops the source and a later run starts over at `open`, so no step may leave
+//! the checkpoint inconsistent: what a step saves, it saves with the store's conditional write
+//! before acting on it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::change::TableId;
+use crate::config::Config;
+use crate::error::Result;
+use crate::position::Lsn;
+use crate::source::Finding;
+use crate::source::snapshot::TableCopier;
+use crate::source::stream::{ChangeStream, StreamPosition};
+use crate::store::{Checkpoint, PositionStore, SnapshotProgress, SourcePosition};
+
+/// The order a source delivers transactions in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// One sequence: every transaction in commit order (a PostgreSQL slot, a binlog).
+    Total,
+    /// One sequence per shard and none across shards (Kinesis).
+    PerShard,
+}
+
+/// What a restart can rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeMode {
+    /// The source re-reads from any position it was not told is durable (slot, binlog, shard
+    /// retention): a restart replays, and the engine drops what the durable position covers.
+    Replay,
+    /// The source cannot re-read (a push-only, in-process capture hook): it must hold its
+    /// producer until [`ChangeStream::ack`] says the rows are durable.
+    Ephemeral,
+}
+
+/// How far a source's server has written.
+pub type Progress<S> = <<S as Source>::Position as StreamPosition>::Progress;
+
+/// A database source: PostgreSQL logical replication, a MySQL/MariaDB binlog.
+pub trait Source: Send + Sized {
+    type Position: StreamPosition;
+    type Stream: ChangeStream<Self::Position>;
+    type Snapshot: SnapshotRead;
+
+    const ORDERING: Ordering;
+    const RESUME: ResumeMode;
+
+    /// Connects and checks what every run needs (PostgreSQL: `wal_level = logical`; binlog:
+    /// `binlog_format = ROW`). The error says what to change.
+    fn open(config: &Config) -> impl Future<Output = Result<Self>> + Send;
+
+    /// The server's write position now: a run `--until-caught-up` ends once everything the
+    /// server wrote before it is durable.
+    fn write_position(&mut self) -> impl Future<Output = Result<Progress<Self>>> + Send;
+
+    /// Binds `cp` to this source (PostgreSQL: the replication slot it recorded must be the one
+    /// found) and resolves the tables to capture, refusing a table added to a captured set
+    /// after its snapshot. May save `cp` to `store` without moving its position. Returns the
+    /// checkpoint as saved and the captured set in the stream's names.
+    fn prepare(
+        &mut self,
+        cp: Checkpoint,
+        store: &dyn PositionStore,
+    ) -> impl Future<Output = Result<(Checkpoint, Vec<TableId>)>> + Send;
+
+    /// The captured set is durable in the checkpoint: the source may now change what the
+    /// server sends (PostgreSQL: the publication). Idempotent.
+    fn captured(&mut self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Before a snapshot: the tables it copies and the set it records, once the source has
+    /// checked it can take one now.
+    fn snapshot_tables(&mut self) -> impl Future<Output = Result<SnapshotTables>> + Send;
+
+    /// Whether the unfinished snapshot `progress` can go on in a new consistent read (its
+    /// stream start is still readable), rather than start over.
+    fn can_resume(
+        &mut self,
+        progress: &SnapshotProgress,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Opens the consistent read of a new snapshot and saves, before returning it, the
+    /// checkpoint that records it (its [`SnapshotProgress`], no table done): a crash after
+    /// this call resumes or restarts that snapshot, never streams past it.
+    fn begin_snapshot(
+        &mut self,
+        cp: Checkpoint,
+        store: &dyn PositionStore,
+        tables: &[TableId],
+    ) -> impl Future<Output = Result<(Checkpoint, Self::Snapshot)>> + Send;
+
+    /// Opens a new consistent read, at a point after `progress`'s, to finish that snapshot;
+    /// the engine records skip rules for the changes in between before copying.
+    fn resume_snapshot(
+        &mut self,
+        progress: &SnapshotProgress,
+        tables: &[TableId],
+    ) -> impl Future<Output = Result<Self::Snapshot>> + Send;
+
+    /// Where the stream starts once `progress`'s snapshot is done.
+    fn stream_start(progress: &SnapshotProgress) -> Option<SourcePosition>;
+
+    /// This source's position in `cp`; a checkpoint of another kind of source is an error.
+    fn position(cp: &Checkpoint) -> Result<Self::Position>;
+
+    /// How long a position that moved without rows (idle keepalives, other tables' changes)
+    /// waits before it is saved and acknowledged.
+    fn idle_save(config: &Config) -> Duration;
+
+    /// `tidemark check`: what a run needs from this source, as findings; each finding that
+    /// would make a run fail says what to do. `cp` is the stored checkpoint, if any.
+    /// Changes nothing.
+    fn check(
+        config: &Config,
+        cp: Option<&Checkpoint>,
+    ) -> impl Future<Output = Result<Vec<Finding>>> + Send;
+
+    /// `tidemark reset`, after the checkpoint `cp` is deleted: with `release`, drops what the
+    /// source keeps for the pipeline (PostgreSQL: its slot and publication). Returns what it
+    /// did, a line each. Idempotent.
+    fn reset(
+        config: &Config,
+        cp: Option<&Checkpoint>,
+        release: bool,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// Starts the stream at `from`, the durable position of `cp`.
+    fn stream(
+        self,
+        cp: &Checkpoint,
+        from: &Self::Position,
+    ) -> impl Future<Output = Result<Self::Stream>> + Send;
+}
+
+/// What a snapshot covers.
+pub struct SnapshotTables {
+    /// The tables to copy, in copy order.
+    pub copy: Vec<TableId>,
+    /// The captured set the finished snapshot records.
+    pub record: Vec<TableId>,
+}
+
+/// A consistent read of the source, open for the snapshot: every table copied from it shows
+/// the database at one point, and every change after that point is in the stream.
+pub trait SnapshotRead: Send {
+    type Copier<'a>: TableCopier
+    where
+        Self: 'a;
+
+    /// The read's point as an order key: changes at or after it are not in the copy.
+    fn point(&self) -> Lsn;
+    /// When the read started, UNIX micros.
+    fn taken_at(&self) -> i64;
+    /// Opens the copy of one table inside the read.
+    fn copier<'a>(
+        &'a mut self,
+        table: &TableId,
+    ) -> impl Future<Output = Result<Self::Copier<'a>>> + Send;
+    /// Ends the read (its transaction commits; nothing was written).
+    fn close(self) -> impl Future<Output = Result<()>> + Send;
+}

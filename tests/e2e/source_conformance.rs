@@ -1,0 +1,220 @@
+//! The source conformance suite: the same cases, through the real binary, against every
+//! database source (PostgreSQL, MariaDB, Oracle MySQL).
+//!
+//! The engine's promise: whatever instant a worker dies at, a restart replays from the durable
+//! position and the output holds the source's history exactly once. Here the deaths are not
+//! left to kill timing: `TIDEMARK_CRASH_AT` aborts the worker at each window of the snapshot
+//! (a part written, its progress not; a table done, the snapshot not) and of the commit
+//! protocol (intent saved; an object written; the position saved, the source not acknowledged),
+//! while a workload writes, so resumed snapshots need their skip rules. Then a run until caught
+//! up must end on its own with every row, and a further one must write nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tidemark_core::failpoint;
+use tidemark_e2e::harness::{self, Scenario, assert_exactly_once_against};
+use tidemark_e2e::mysql::{self as my, Server};
+
+/// A database source under test.
+#[derive(Clone, Copy)]
+enum Db {
+    Postgres,
+    My(Server),
+}
+
+impl Db {
+    fn scenario(self, prefix: &str) -> Scenario {
+        match self {
+            Db::Postgres => Scenario::new(&format!("{prefix}pg")),
+            Db::My(server) => server.scenario(prefix),
+        }
+    }
+
+    fn qualified(self, table: &str) -> String {
+        match self {
+            Db::Postgres => format!("public.{table}"),
+            Db::My(_) => format!("app.{table}"),
+        }
+    }
+
+    /// Flags every run of this source needs (a binlog reader's own server id).
+    fn flags(self) -> Vec<String> {
+        match self {
+            Db::Postgres => vec![],
+            Db::My(_) => vec![
+                "--server-id".into(),
+                fastrand::u32(2_000_000..2_000_000_000).to_string(),
+            ],
+        }
+    }
+
+    /// `table (id, v, payload)` with `rows` rows at version 0.
+    async fn versioned_table(self, table: &str, rows: i64) {
+        match self {
+            Db::Postgres => harness::versioned_table(&harness::sql().await, table, rows).await,
+            Db::My(server) => {
+                server
+                    .versioned_table(&mut server.conn().await, table, rows)
+                    .await
+            }
+        }
+    }
+
+    /// Random inserts, updates and deletes until `stop`; returns the statement count.
+    async fn workload(
+        self,
+        table: String,
+        first_new_id: i64,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> u64 {
+        match self {
+            Db::Postgres => harness::workload(table, first_new_id, stop).await,
+            Db::My(server) => server.workload(table, first_new_id, stop).await,
+        }
+    }
+
+    /// `id -> v` of every live row.
+    async fn versions(self, table: &str) -> BTreeMap<i64, i64> {
+        match self {
+            Db::Postgres => harness::sql()
+                .await
+                .query(&format!("select id::int8, v::int8 from {table}"), &[])
+                .await
+                .expect("source rows")
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect(),
+            Db::My(server) => my::versions(&mut server.conn().await, table).await,
+        }
+    }
+
+    async fn cleanup(self, s: &Scenario, table: &str) {
+        match self {
+            Db::Postgres => {
+                let c = harness::sql().await;
+                s.cleanup(&c).await;
+                let _ = c
+                    .batch_execute(&format!("drop table if exists {table}"))
+                    .await;
+            }
+            Db::My(server) => server.drop_tables(&[table]).await,
+        }
+    }
+}
+
+/// Defines `mod $name { postgres, mariadb, mysql }`: the case once per source.
+macro_rules! every_source {
+    ($name:ident, $case:path) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $case(Db::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb() {
+                $case(Db::My(Server::MariaDb)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                $case(Db::My(Server::MySql)).await
+            }
+        }
+    };
+}
+
+/// The crash points in the order a pipeline passes them, with the pass to abort at.
+const CRASHES: &[(&str, u32)] = &[
+    (failpoint::PART_PUT, 2),
+    (failpoint::PART_PUT, 3),
+    (failpoint::TABLE_DONE, 1),
+    (failpoint::INTENT_SAVED, 2),
+    (failpoint::OBJECT_PUT, 1),
+    (failpoint::OBJECT_PUT, 3),
+    (failpoint::POSITION_SAVED, 2),
+];
+
+/// Runs the worker with `TIDEMARK_CRASH_AT=<point>:<n>` and waits for the abort (at most a
+/// minute: a point never reached fails the test instead of hanging it).
+fn run_until_crash(s: &Scenario, tables: &[&str], flags: &[&str], point: &str, n: u32) -> String {
+    let mut child = s
+        .command("run", tables, flags)
+        .env("TIDEMARK_CRASH_AT", format!("{point}:{n}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tidemark");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let (_, log) = harness::stderr_of(child);
+            panic!("{point}:{n} was never reached within a minute:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, log) = harness::stderr_of(child);
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "expected the abort at {point}:{n}, got {status}:\n{log}"
+    );
+    assert!(log.contains(&format!("aborting at {point}")), "{log}");
+    log
+}
+
+async fn crash_in_every_window(db: Db) {
+    let s = db.scenario("conf");
+    let table = format!("t_{}", s.name);
+    db.versioned_table(&table, 3_000).await;
+    let qualified = db.qualified(&table);
+    let tables = [qualified.as_str()];
+    let extra = db.flags();
+    let mut flags: Vec<&str> = vec![
+        "--snapshot-part-rows",
+        "500",
+        "--flush-interval-ms",
+        "100",
+        "--max-batch-rows",
+        "200",
+    ];
+    flags.extend(extra.iter().map(String::as_str));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(db.workload(table.clone(), 3_001, stop_rx));
+    let mut resumed = false;
+    for (point, n) in CRASHES {
+        let log = tokio::task::block_in_place(|| run_until_crash(&s, &tables, &flags, point, *n));
+        resumed |= log.contains("resuming the interrupted snapshot");
+    }
+    assert!(resumed, "no run resumed the interrupted snapshot");
+    stop_tx.send(true).unwrap();
+    let ops = writer.await.unwrap();
+
+    tokio::task::block_in_place(|| s.run_caught_up_with(&tables, &flags));
+    let checked = assert_exactly_once_against(&s, &qualified, &db.versions(&table).await);
+    assert!(checked > 3_000, "only {checked} rows checked");
+
+    // Caught up and restarted with nothing new: the replay writes no object.
+    let before = s.output_files();
+    tokio::task::block_in_place(|| s.run_caught_up_with(&tables, &flags));
+    assert_eq!(
+        s.output_files(),
+        before,
+        "a run with nothing new wrote objects"
+    );
+    eprintln!(
+        "{} crash windows: {ops} operations, {checked} output rows checked",
+        CRASHES.len()
+    );
+    db.cleanup(&s, &table).await;
+}
+
+every_source!(
+    crash_in_every_window_then_exactly_once,
+    crash_in_every_window
+);
