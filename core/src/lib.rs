@@ -8,10 +8,10 @@
 //!  ───────────────────────            ──────                         ──────────────
 //!  Source: open, prepare ──────────> engine::run (one driver)
 //!  SnapshotRead + TableCopier ─────> snapshot driver ── parts ─────> ObjectOutput (local dir, S3)
-//!  ChangeStream ─ Begin/Rows/...     stream loop: Batch (Arrow)       │
+//!  ChangeStream ─ Begin/Rows/...     stream loop: ChangeSink buffer   │
 //!     Commit/Progress ────────────>   encode off-task, N in flight    │ intent → objects → commit
 //!     <── ack(durable position) ──   commits in order ──────────────> PositionStore (file, DynamoDB)
-//!                                     (or sink::kinesis when publishing)
+//!                                     (sink::parquet, or sink::kinesis)
 //!  Kinesis shard records ──────────> engine::shard (apply per shard) ─> the same protocol
 //!  S3 baseline version ────────────> engine::baseline ────────────────> snapshot parts + position
 //! ```
@@ -22,7 +22,8 @@
 //!
 //! The contracts: [`source::Source`] (with [`source::SnapshotRead`],
 //! [`source::snapshot::TableCopier`], [`source::stream::ChangeStream`]),
-//! [`output::ObjectOutput`], [`store::PositionStore`]; one AWS error classifier,
+//! [`sink::ChangeSink`] (with [`sink::ChangeBuffer`]), [`output::ObjectOutput`],
+//! [`store::PositionStore`]; one AWS error classifier,
 //! `aws::error`.
 //!
 //! # Layers

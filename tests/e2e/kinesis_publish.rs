@@ -149,13 +149,14 @@ async fn a_crash_after_publishing_before_the_commit_publishes_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_finds_what_an_unfinished_publish_sent_and_skips_it() {
     use tidemark_core::change::{Op, RowMeta};
-    use tidemark_core::engine::batch::Batch;
+    use tidemark_core::sink::ChangeBuffer;
+    use tidemark_core::sink::kinesis::EnvelopeBatch;
     use tidemark_core::sink::kinesis::Publisher;
     let k = kinesis().await;
     let name = stream(&k, "e2e-publish-recover", 2).await;
     let schema = std::sync::Arc::new(tidemark_e2e::kinesis::items());
     let batch_of = |from: i64, to: i64| {
-        let mut b = Batch::publishing("recov");
+        let mut b = EnvelopeBatch::new("recov");
         for id in from..to {
             let pos = format!("{:016X}", 0x100 + id);
             let meta = RowMeta {
@@ -172,7 +173,7 @@ async fn recovery_finds_what_an_unfinished_publish_sent_and_skips_it() {
             ];
             b.push(&schema, &meta, &values).unwrap();
         }
-        b.take_envelopes()
+        b.take_records()
     };
     let started = tidemark_core::store::now_ms();
     // A first run published rows 0..60 of a batch 0..100, then died before its commit.

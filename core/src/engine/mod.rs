@@ -13,7 +13,6 @@
 //! position covers. So the output holds every source row exactly once.
 
 pub mod baseline;
-pub mod batch;
 pub mod shard;
 #[cfg(feature = "aws")]
 pub mod shard_consumer;
@@ -34,9 +33,9 @@ use crate::lease;
 use crate::config::Config;
 use crate::error::Result;
 use crate::output::ObjectOutput;
+use crate::sink::ChangeSink;
 use crate::store::{Checkpoint, PositionStore, SourcePosition, WriteIntent};
 
-pub use batch::Batch;
 pub use status::{PipelineState, StatusFile};
 
 /// Loads the checkpoint (creating it when missing) and resolves a left-over write intent.
@@ -90,7 +89,7 @@ pub async fn commit_batch(
             from: cur.position.clone(),
             to: publish
                 .as_ref()
-                .map(|p| later(&p.to, &to).clone())
+                .map(|p| p.to.later(&to).clone())
                 .unwrap_or_else(|| to.clone()),
             keys: objects.iter().map(|(k, _)| k.clone()).collect(),
             started_ms: publish.as_ref().and_then(|p| p.started_ms),
@@ -117,14 +116,6 @@ pub async fn commit_batch(
     store.save(cur.expected(), &committed, None).await?;
     failpoint::pass(failpoint::POSITION_SAVED);
     Ok(committed)
-}
-
-/// The further of two positions of one source (`b` when they cannot be compared).
-fn later<'a>(a: &'a SourcePosition, b: &'a SourcePosition) -> &'a SourcePosition {
-    match a.partial_cmp_same_source(b) {
-        Some(std::cmp::Ordering::Greater) => a,
-        _ => b,
-    }
 }
 
 /// Retry policy for the binary's run loop: exponential backoff with jitter.
@@ -182,10 +173,9 @@ pub struct Pipeline {
     /// Batches committed by this pipeline so far (all runs): tells a retry loop whether the
     /// last run made progress.
     pub commits: u64,
-    /// Publish changes to Kinesis instead of writing them as Parquet (snapshots still go to
-    /// the output).
-    #[cfg(feature = "aws")]
-    pub publisher: Option<Arc<crate::sink::kinesis::Publisher>>,
+    /// Where changes go: Parquet objects in the output (`sink::parquet::ParquetSink`), or a
+    /// Kinesis stream (`sink::kinesis::KinesisSink`; snapshots still go to the output).
+    pub sink: Arc<dyn ChangeSink>,
 }
 
 impl Pipeline {
@@ -217,10 +207,7 @@ impl Pipeline {
             return Ok(());
         };
         let renewal = lease::spawn_renewal(self.store.clone(), holder.clone(), ttl);
-        #[cfg(feature = "aws")]
-        if let Some(publisher) = &self.publisher {
-            publisher.fence(holder.clone());
-        }
+        self.sink.fence(holder.clone());
         let (store, output) = (self.store.clone(), self.output.clone());
         self.store = Arc::new(holder.fence_store(store.clone()));
         self.output = Arc::new(holder.fence_output(output.clone()));
@@ -262,38 +249,16 @@ impl Pipeline {
 
 #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 impl Pipeline {
-    /// [`load_and_recover`], first finding the records of an unfinished publish on the stream
-    /// (they are not published again).
+    /// [`load_and_recover`], after the sink resolved a delivery of its own left unfinished
+    /// ([`ChangeSink::recover`]).
     pub(crate) async fn load_checkpoint(&self) -> Result<Checkpoint> {
-        #[cfg(feature = "aws")]
-        if let Some(publisher) = &self.publisher
-            && let Some(cp) = self.store.load(&self.config.pipeline).await?
-            && let Some(intent) = cp.intent.as_ref().filter(|i| i.is_publish())
+        if let Some(cp) = self.store.load(&self.config.pipeline).await?
+            && let Some(cp) = self
+                .sink
+                .recover(self.store.as_ref(), self.output.as_ref(), &cp)
+                .await?
         {
-            publisher.recover(intent.started_ms.unwrap_or(0)).await?;
-            if intent.keys.is_empty() {
-                return Ok(cp);
-            }
-            // Objects written beside the records were never committed: deleted (the replay
-            // writes them again); the publish part stays until a commit passes its end.
-            for key in &intent.keys {
-                self.output.delete(key).await?;
-            }
-            let mut next = cp.next();
-            if let Some(i) = next.intent.as_mut() {
-                i.keys.clear();
-            }
-            self.store.save(cp.expected(), &next, None).await?;
-            return Ok(next);
-        }
-        if !self.publishing()
-            && let Some(cp) = self.store.load(&self.config.pipeline).await?
-            && cp.intent.as_ref().is_some_and(|i| i.is_publish())
-        {
-            return Err(crate::Error::config(
-                "the last run published changes to Kinesis and stopped before committing them: run again with the same --publish \
-                 (it finds what it sent instead of writing those changes as Parquet too), or `tidemark reset` to start over",
-            ));
+            return Ok(cp);
         }
         load_and_recover(
             self.store.as_ref(),
@@ -301,65 +266,6 @@ impl Pipeline {
             &self.config.pipeline,
         )
         .await
-    }
-
-    /// Whether changes go to a Kinesis stream instead of the output.
-    fn publishing(&self) -> bool {
-        #[cfg(feature = "aws")]
-        return self.publisher.is_some();
-        #[cfg(not(feature = "aws"))]
-        false
-    }
-
-    /// A batch to fill: envelopes when publishing, else Parquet builders.
-    pub(crate) fn new_batch(&self) -> Batch {
-        #[cfg(feature = "aws")]
-        if self.publisher.is_some() {
-            return Batch::publishing(&self.config.pipeline);
-        }
-        Batch::default()
-    }
-
-    /// Publishes `batch`'s envelopes (when publishing) under a write intent for `(cp, to]`;
-    /// returns the checkpoint holding the intent, which the commit clears.
-    pub(crate) async fn publish(
-        &self,
-        cp: &Checkpoint,
-        batch: &mut Batch,
-        to: &SourcePosition,
-    ) -> Result<Checkpoint> {
-        let envelopes = batch.take_envelopes();
-        #[cfg(feature = "aws")]
-        if let Some(publisher) = &self.publisher
-            && !envelopes.is_empty()
-        {
-            // An older publish intent still open (from before a restart) keeps its start and
-            // its end, whichever is further.
-            let old = cp.intent.as_ref().filter(|i| i.is_publish());
-            let end = old.map_or(to, |o| later(&o.to, to)).clone();
-            let mut with_intent = cp.next();
-            with_intent.intent = Some(WriteIntent {
-                from: cp.position.clone(),
-                to: end,
-                keys: Vec::new(),
-                started_ms: Some(
-                    old.and_then(|o| o.started_ms)
-                        .unwrap_or_else(crate::store::now_ms),
-                ),
-            });
-            self.store.save(cp.expected(), &with_intent, None).await?;
-            let stats = publisher.publish(envelopes).await?;
-            tracing::debug!(
-                records = stats.records,
-                requests = stats.requests,
-                retried = stats.retried,
-                already_there = stats.already_there,
-                "published"
-            );
-            return Ok(with_intent);
-        }
-        let _ = (envelopes, to);
-        Ok(cp.clone())
     }
 }
 

@@ -1,5 +1,6 @@
-//! The one stream loop: a database source's change stream ([`ChangeStream`]) batched into
-//! Parquet (or published) and committed, for every source alike.
+//! The one stream loop: a database source's change stream ([`ChangeStream`]) batched into a
+//! sink's buffer ([`ChangeBuffer`]: Parquet, or Kinesis envelopes) and committed, for every
+//! source alike.
 //!
 //! Contracts:
 //! - Rows are pushed to the batch in stream order; a row the committed position covers (a
@@ -18,10 +19,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::change::{Op, RowMeta, SchemaRef, Value};
-use crate::engine::{Batch, Committed, Pipeline, PipelineState, commit_batch, elapsed};
+use crate::engine::{Committed, Pipeline, PipelineState, commit_batch, elapsed};
 use crate::error::{Error, Result};
 use crate::output::Layout;
 use crate::position::Lsn;
+use crate::sink::ChangeBuffer;
 use crate::source::snapshot::KeyPlan;
 use crate::source::stream::{ChangeStream, SourceEvent, StreamPosition};
 use crate::store::{Checkpoint, SkipRule};
@@ -69,7 +71,7 @@ impl Pipeline {
             last_complete: durable.clone(),
             durable,
             tx: None,
-            batch: self.new_batch(),
+            batch: self.sink.buffer(),
             cp,
             layout,
             server: P::Progress::default(),
@@ -168,7 +170,7 @@ struct StreamRun<P: StreamPosition> {
     /// After the last whole transaction received.
     last_complete: P,
     tx: Option<Tx<P>>,
-    batch: Batch,
+    batch: Box<dyn ChangeBuffer>,
     cp: Checkpoint,
     layout: Layout,
     /// How far the server has sent.
@@ -353,9 +355,9 @@ impl<P: StreamPosition> StreamRun<P> {
     /// encoded, behind the batches already in flight (waiting for the oldest to commit when
     /// `batch.in_flight` are).
     ///
-    /// Publishing: the batches in flight are committed first, then this batch's envelopes are
-    /// published under a write intent (every record accepted before the call returns); the
-    /// commit that follows moves the position past them.
+    /// A sink that delivers in order (Kinesis): the batches in flight are committed first,
+    /// then this batch is delivered under a write intent (every record accepted before the
+    /// call returns); the commit that follows moves the position past it.
     async fn flush(&mut self, p: &mut Pipeline) -> Result<()> {
         let to = self.pending();
         if self.tx.is_none() {
@@ -364,7 +366,7 @@ impl<P: StreamPosition> StreamRun<P> {
         if to <= *self.flushed() && self.batch.is_empty() && self.history.is_empty() {
             return Ok(());
         }
-        if p.publishing() {
+        if p.sink.in_order() {
             self.settle_all(p).await?;
         }
         while self.inflight.len() >= p.config.batch.in_flight.max(1) {
@@ -374,9 +376,15 @@ impl<P: StreamPosition> StreamRun<P> {
         let last_ts = self.batch.last_commit_ts();
         let started = Instant::now();
         self.cp = p
-            .publish(&self.cp, &mut self.batch, &to.clone().into_source())
+            .sink
+            .deliver(
+                p.store.as_ref(),
+                &self.cp,
+                self.batch.as_mut(),
+                &to.clone().into_source(),
+            )
             .await?;
-        let mut batch = std::mem::replace(&mut self.batch, p.new_batch());
+        let mut batch = std::mem::replace(&mut self.batch, p.sink.buffer());
         let mut history = std::mem::take(&mut self.history);
         let layout = self.layout.clone();
         let encode = tokio::task::spawn_blocking(move || {
@@ -620,8 +628,7 @@ mod tests {
             until_caught_up: false,
             metrics: crate::metrics::Metrics::new("t", false),
             commits: 0,
-            #[cfg(feature = "aws")]
-            publisher: None,
+            sink: Arc::new(crate::sink::parquet::ParquetSink),
         }
     }
 

@@ -678,7 +678,8 @@ mod tests {
             id: TableId::new("public", "t"),
             columns: vec![col("id", ColumnType::Int64, true)],
         });
-        let mut batch = crate::engine::Batch::default();
+        use crate::sink::ChangeBuffer;
+        let mut batch = crate::sink::parquet::ParquetBatch::default();
         let meta = crate::change::RowMeta {
             op: crate::change::Op::Insert,
             pos: "0000000000000010",

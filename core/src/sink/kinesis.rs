@@ -2,7 +2,7 @@
 //! stream, so that Lambda functions per shard write the Parquet.
 //!
 //! Contract:
-//! - partition key = table + primary key ([`crate::engine::batch::partition_key`]): one key's
+//! - partition key = table + primary key ([`partition_key`]): one key's
 //!   changes land on one shard, in source order; a PutRecords request never holds two records
 //!   of one key, and failed records are retried (in order, with backoff) before any later
 //!   record is sent, so a retry never reorders a key's changes;
@@ -19,13 +19,18 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::BoxFuture;
+use crate::change::{RowMeta, SchemaRef, Value};
 use crate::codec::envelope;
 use crate::codec::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::lease::LeaseHolder;
+use crate::output::{Layout, ObjectOutput};
+use crate::sink::{ChangeBuffer, ChangeSink};
 use crate::source::kinesis::client::{KinesisStream, Put};
+use crate::store::{Checkpoint, PositionStore, SourcePosition, WriteIntent};
 
 /// Kinesis' limit for one record: data plus partition key.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
@@ -219,5 +224,212 @@ impl Publisher {
             next = end;
         }
         Ok(stats)
+    }
+}
+
+/// `<schema>.<table>/<key values joined by |>`: one key's changes go to one shard, in order.
+/// A table without a key spreads by row position. Over Kinesis' 256 characters the key part is
+/// replaced by its FNV-1a hash.
+pub fn partition_key(
+    schema: &crate::change::TableSchema,
+    meta: &RowMeta<'_>,
+    values: &[Value],
+) -> String {
+    let mut key = String::new();
+    for (c, v) in schema.columns.iter().zip(values) {
+        if !c.key {
+            continue;
+        }
+        if !key.is_empty() {
+            key.push('|');
+        }
+        match v {
+            Value::I16(i) => key.push_str(&i.to_string()),
+            Value::I32(i) => key.push_str(&i.to_string()),
+            Value::I64(i) => key.push_str(&i.to_string()),
+            Value::Decimal(d) => key.push_str(&d.to_string()),
+            Value::Text(t) => key.push_str(t),
+            other => key.push_str(&format!("{other:?}")),
+        }
+    }
+    if key.is_empty() {
+        key = format!("{}.{}", meta.pos, meta.ord);
+    }
+    let table = format!("{}.{}", schema.id.schema, schema.id.name);
+    if table.len() + 1 + key.len() > 256 {
+        key = format!("{:016x}", crate::config::fnv1a(key.as_bytes()));
+    }
+    let mut out = format!("{table}/{key}");
+    while out.len() > 256 {
+        out.pop();
+    }
+    out
+}
+
+/// Rows as tidemark envelopes for the stream; no objects.
+pub struct EnvelopeBatch {
+    pipeline: String,
+    envelopes: Vec<Envelope>,
+    rows: usize,
+    bytes: usize,
+    started: Option<Instant>,
+    last_commit_ts: Option<i64>,
+}
+
+impl EnvelopeBatch {
+    pub fn new(pipeline: &str) -> Self {
+        EnvelopeBatch {
+            pipeline: pipeline.to_string(),
+            envelopes: Vec::new(),
+            rows: 0,
+            bytes: 0,
+            started: None,
+            last_commit_ts: None,
+        }
+    }
+}
+
+impl ChangeBuffer for EnvelopeBatch {
+    fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn approx_bytes(&self) -> usize {
+        self.bytes
+    }
+    fn started(&self) -> Option<Instant> {
+        self.started
+    }
+    fn last_commit_ts(&self) -> Option<i64> {
+        self.last_commit_ts
+    }
+    /// Envelopes carry their columns: any mix of schemas may share a batch.
+    fn schema_differs(&self, _schema: &SchemaRef) -> bool {
+        false
+    }
+    fn push(&mut self, schema: &SchemaRef, meta: &RowMeta<'_>, values: &[Value]) -> Result<()> {
+        let data = envelope::encode(schema, meta, values, Some(&self.pipeline));
+        self.bytes += data.len();
+        self.envelopes.push(Envelope {
+            partition_key: partition_key(schema, meta, values),
+            data,
+            pos: meta.pos.to_string(),
+            ord: meta.ord,
+        });
+        self.rows += 1;
+        self.started.get_or_insert_with(Instant::now);
+        self.last_commit_ts = Some(meta.commit_ts);
+        Ok(())
+    }
+    /// The envelopes were delivered ([`ChangeBuffer::take_records`]): no objects.
+    fn encode(&mut self, _layout: &Layout) -> Result<Vec<(String, Vec<u8>)>> {
+        self.envelopes.clear();
+        self.rows = 0;
+        self.bytes = 0;
+        self.started = None;
+        self.last_commit_ts = None;
+        Ok(Vec::new())
+    }
+    fn take_records(&mut self) -> Vec<Envelope> {
+        std::mem::take(&mut self.envelopes)
+    }
+}
+
+/// Changes published to a Kinesis stream (see the module contract); snapshots still go to
+/// the output.
+pub struct KinesisSink {
+    publisher: Publisher,
+}
+
+impl KinesisSink {
+    pub fn new(publisher: Publisher) -> Self {
+        KinesisSink { publisher }
+    }
+}
+
+impl ChangeSink for KinesisSink {
+    fn buffer(&self) -> Box<dyn ChangeBuffer> {
+        Box::new(EnvelopeBatch::new(&self.publisher.pipeline))
+    }
+
+    fn in_order(&self) -> bool {
+        true
+    }
+
+    fn fence(&self, lease: LeaseHolder) {
+        self.publisher.fence(lease);
+    }
+
+    /// Publishes the batch's envelopes under a publish intent for `(cp, to]`. An older publish
+    /// intent still open (from before a restart) keeps its start and its end, whichever is
+    /// further.
+    fn deliver<'a>(
+        &'a self,
+        store: &'a dyn PositionStore,
+        cp: &'a Checkpoint,
+        buffer: &'a mut dyn ChangeBuffer,
+        to: &'a SourcePosition,
+    ) -> BoxFuture<'a, Result<Checkpoint>> {
+        Box::pin(async move {
+            let envelopes = buffer.take_records();
+            if envelopes.is_empty() {
+                return Ok(cp.clone());
+            }
+            let old = cp.intent.as_ref().filter(|i| i.is_publish());
+            let end = old.map_or(to, |o| o.to.later(to)).clone();
+            let mut with_intent = cp.next();
+            with_intent.intent = Some(WriteIntent {
+                from: cp.position.clone(),
+                to: end,
+                keys: Vec::new(),
+                started_ms: Some(
+                    old.and_then(|o| o.started_ms)
+                        .unwrap_or_else(crate::store::now_ms),
+                ),
+            });
+            store.save(cp.expected(), &with_intent, None).await?;
+            let stats = self.publisher.publish(envelopes).await?;
+            tracing::debug!(
+                records = stats.records,
+                requests = stats.requests,
+                retried = stats.retried,
+                already_there = stats.already_there,
+                "published"
+            );
+            Ok(with_intent)
+        })
+    }
+
+    /// An unfinished publish: its records are found on the stream (not published again), and
+    /// objects written beside them, never committed, are deleted (the replay writes them
+    /// again); the publish part of the intent stays until a commit passes its end.
+    fn recover<'a>(
+        &'a self,
+        store: &'a dyn PositionStore,
+        output: &'a dyn ObjectOutput,
+        cp: &'a Checkpoint,
+    ) -> BoxFuture<'a, Result<Option<Checkpoint>>> {
+        Box::pin(async move {
+            let Some(intent) = cp.intent.as_ref().filter(|i| i.is_publish()) else {
+                return Ok(None);
+            };
+            self.publisher
+                .recover(intent.started_ms.unwrap_or(0))
+                .await?;
+            if intent.keys.is_empty() {
+                return Ok(Some(cp.clone()));
+            }
+            for key in &intent.keys {
+                output.delete(key).await?;
+            }
+            let mut next = cp.next();
+            if let Some(i) = next.intent.as_mut() {
+                i.keys.clear();
+            }
+            store.save(cp.expected(), &next, None).await?;
+            Ok(Some(next))
+        })
     }
 }

@@ -1,4 +1,82 @@
-//! Sinks other than object outputs.
+//! Sinks: where a pipeline's change batches go, behind one contract ([`ChangeSink`]), with the
+//! buffer each fills ([`ChangeBuffer`]). The engine drives both: it pushes rows in stream
+//! order, hands a full buffer to [`ChangeSink::deliver`] and then encodes it off the async task,
+//! and commits the position after (intent → objects → position, `engine::commit_batch`).
+
+use std::time::Instant;
+
+use crate::BoxFuture;
+use crate::change::{RowMeta, SchemaRef, Value};
+use crate::codec::envelope::Envelope;
+use crate::error::Result;
+use crate::lease::LeaseHolder;
+use crate::output::{Layout, ObjectOutput};
+use crate::store::{Checkpoint, PositionStore, SourcePosition};
 
 #[cfg(feature = "aws")]
 pub mod kinesis;
+pub mod parquet;
+
+/// The rows of one batch, as a sink will write them.
+///
+/// Rows are pushed in stream order; [`ChangeBuffer::encode`] runs on a blocking thread.
+pub trait ChangeBuffer: Send {
+    fn is_empty(&self) -> bool;
+    fn rows(&self) -> usize;
+    /// Buffered bytes, approximately (the flush threshold `max_mib`).
+    fn approx_bytes(&self) -> usize;
+    /// When the first row of this batch was pushed.
+    fn started(&self) -> Option<Instant>;
+    /// Commit time of the last row pushed since the last [`ChangeBuffer::encode`].
+    fn last_commit_ts(&self) -> Option<i64>;
+    /// Whether rows of `schema`'s table are buffered under a different schema version: the
+    /// engine flushes first, so one object never mixes schema versions.
+    fn schema_differs(&self, schema: &SchemaRef) -> bool;
+    fn push(&mut self, schema: &SchemaRef, meta: &RowMeta<'_>, values: &[Value]) -> Result<()>;
+    /// The objects for the output (sorted by key), emptying the buffer.
+    fn encode(&mut self, layout: &Layout) -> Result<Vec<(String, Vec<u8>)>>;
+    /// The records that go beyond the output (a stream's), in push order; none by default.
+    fn take_records(&mut self) -> Vec<Envelope> {
+        Vec::new()
+    }
+}
+
+/// Where changes go.
+pub trait ChangeSink: Send + Sync {
+    /// An empty buffer for the next batch.
+    fn buffer(&self) -> Box<dyn ChangeBuffer>;
+
+    /// Whether every earlier batch must be committed before the next is delivered (a sink that
+    /// writes outside the commit protocol, so a crash never leaves two batches' deliveries
+    /// unresolved).
+    fn in_order(&self) -> bool {
+        false
+    }
+
+    /// Every request from now on is sent only while `lease` is live.
+    fn fence(&self, _lease: LeaseHolder) {}
+
+    /// Delivers what `buffer` holds beyond the output's objects (records on a stream), for
+    /// the rows up to `to`, before the batch's objects are encoded. A sink that delivers
+    /// anything saves a write intent in `cp` first (so a restart finds what it sent) and
+    /// returns the checkpoint that holds it; the commit that follows moves the position past
+    /// it. Called in commit order. Every record is accepted when it returns.
+    fn deliver<'a>(
+        &'a self,
+        store: &'a dyn PositionStore,
+        cp: &'a Checkpoint,
+        buffer: &'a mut dyn ChangeBuffer,
+        to: &'a SourcePosition,
+    ) -> BoxFuture<'a, Result<Checkpoint>>;
+
+    /// At start-up, with the stored checkpoint: resolves a delivery an earlier run left
+    /// unfinished and returns the checkpoint to go on from, or `None` when there is nothing of
+    /// this sink's to resolve (the engine then recovers the objects of an unfinished batch).
+    /// May be called again after an error.
+    fn recover<'a>(
+        &'a self,
+        store: &'a dyn PositionStore,
+        output: &'a dyn ObjectOutput,
+        cp: &'a Checkpoint,
+    ) -> BoxFuture<'a, Result<Option<Checkpoint>>>;
+}

@@ -86,6 +86,14 @@ impl SourcePosition {
             _ => None,
         }
     }
+
+    /// The further of `self` and `other` (`other` when they cannot be compared).
+    pub fn later<'a>(&'a self, other: &'a SourcePosition) -> &'a SourcePosition {
+        match self.partial_cmp_same_source(other) {
+            Some(std::cmp::Ordering::Greater) => self,
+            _ => other,
+        }
+    }
 }
 
 impl std::fmt::Display for SourcePosition {

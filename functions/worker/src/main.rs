@@ -582,13 +582,13 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         until_caught_up: args.until_caught_up,
         metrics: metrics.clone(),
         commits: 0,
-        publisher: match &args.publish {
-            None => None,
+        sink: match &args.publish {
+            None => std::sync::Arc::new(tidemark_core::sink::parquet::ParquetSink),
             Some(url) => {
                 let stream = url
                     .strip_prefix("kinesis://")
                     .context("--publish takes kinesis://<stream>")?;
-                Some(std::sync::Arc::new(
+                std::sync::Arc::new(tidemark_core::sink::kinesis::KinesisSink::new(
                     tidemark_core::sink::kinesis::Publisher::open(stream, &cfg.pipeline).await?,
                 ))
             }

@@ -1,5 +1,5 @@
-//! The batcher: rows of many tables buffered into per-(table, date partition) Arrow builders,
-//! encoded into one object each at flush.
+//! The Parquet sink: rows of many tables buffered into per-(table, date partition) Arrow
+//! builders, encoded into one object each at flush; the objects are the batch's whole output.
 //!
 //! Contract: rows are pushed in source order; an object holds the rows of one table, one date
 //! partition and one schema version, in push order; its key names its first and last row.
@@ -12,6 +12,9 @@ use crate::error::Result;
 use crate::output::Layout;
 use crate::output::layout::date_partition;
 use crate::parquet::{self, TableBatchBuilder};
+use crate::sink::{ChangeBuffer, ChangeSink};
+use crate::store::{Checkpoint, PositionStore, SourcePosition};
+use crate::{BoxFuture, Error};
 
 struct Open {
     builder: TableBatchBuilder,
@@ -19,14 +22,9 @@ struct Open {
     last: (String, u64),
 }
 
-pub use crate::codec::envelope::Envelope;
-
-/// Buffered rows of one batch.
+/// Buffered rows of one batch, as Arrow builders.
 #[derive(Default)]
-pub struct Batch {
-    /// Publishing (`Some(pipeline)`): rows become envelopes, not Parquet.
-    publishing: Option<String>,
-    envelopes: Vec<Envelope>,
+pub struct ParquetBatch {
     open: BTreeMap<(TableId, String), Open>,
     rows: usize,
     bytes: usize,
@@ -37,69 +35,39 @@ pub struct Batch {
     last_key: Option<(SchemaRef, i64, (TableId, String))>,
 }
 
-impl Batch {
-    /// A batch of tidemark envelopes published by `pipeline` ([`Batch::take_envelopes`]).
-    pub fn publishing(pipeline: &str) -> Batch {
-        Batch {
-            publishing: Some(pipeline.to_string()),
-            ..Batch::default()
-        }
-    }
-
-    /// The envelopes pushed since the last call, in push order.
-    pub fn take_envelopes(&mut self) -> Vec<Envelope> {
-        std::mem::take(&mut self.envelopes)
-    }
-
-    pub fn is_empty(&self) -> bool {
+impl ChangeBuffer for ParquetBatch {
+    fn is_empty(&self) -> bool {
         self.rows == 0
     }
-    pub fn rows(&self) -> usize {
+    fn rows(&self) -> usize {
         self.rows
     }
-    pub fn approx_bytes(&self) -> usize {
+    fn approx_bytes(&self) -> usize {
         self.bytes
     }
     /// When the first row of this batch was pushed.
-    pub fn started(&self) -> Option<Instant> {
+    fn started(&self) -> Option<Instant> {
         self.started
     }
     /// Commit time of the last row pushed since the last [`Batch::encode`].
-    pub fn last_commit_ts(&self) -> Option<i64> {
+    fn last_commit_ts(&self) -> Option<i64> {
         self.last_commit_ts
     }
 
     /// Whether rows of `schema`'s table are buffered under a different schema version (the
     /// caller flushes first, so one object never mixes schema versions).
-    pub fn schema_differs(&self, schema: &SchemaRef) -> bool {
-        // Envelopes carry their columns: any mix of schemas may share a batch.
-        self.publishing.is_none()
-            && self
-                .open
-                .iter()
-                .filter(|((t, _), _)| *t == schema.id)
-                // Per row: the same Arc is the common case, compared by pointer first.
-                .any(|(_, o)| {
-                    !std::sync::Arc::ptr_eq(o.builder.schema(), schema)
-                        && **o.builder.schema() != **schema
-                })
+    fn schema_differs(&self, schema: &SchemaRef) -> bool {
+        self.open
+            .iter()
+            .filter(|((t, _), _)| *t == schema.id)
+            // Per row: the same Arc is the common case, compared by pointer first.
+            .any(|(_, o)| {
+                !std::sync::Arc::ptr_eq(o.builder.schema(), schema)
+                    && **o.builder.schema() != **schema
+            })
     }
 
-    pub fn push(&mut self, schema: &SchemaRef, meta: &RowMeta<'_>, values: &[Value]) -> Result<()> {
-        if let Some(pipeline) = &self.publishing {
-            let data = crate::codec::envelope::encode(schema, meta, values, Some(pipeline));
-            self.bytes += data.len();
-            self.envelopes.push(Envelope {
-                partition_key: partition_key(schema, meta, values),
-                data,
-                pos: meta.pos.to_string(),
-                ord: meta.ord,
-            });
-            self.rows += 1;
-            self.started.get_or_insert_with(Instant::now);
-            self.last_commit_ts = Some(meta.commit_ts);
-            return Ok(());
-        }
+    fn push(&mut self, schema: &SchemaRef, meta: &RowMeta<'_>, values: &[Value]) -> Result<()> {
         let day = meta.commit_ts.div_euclid(86_400_000_000);
         let cached = matches!(&self.last_key, Some((s, d, _)) if std::sync::Arc::ptr_eq(s, schema) && *d == day);
         if !cached {
@@ -133,7 +101,7 @@ impl Batch {
 
     /// Encodes every buffered table into one Parquet object each and empties the batch.
     /// Objects come back sorted by key.
-    pub fn encode(&mut self, layout: &Layout) -> Result<Vec<(String, Vec<u8>)>> {
+    fn encode(&mut self, layout: &Layout) -> Result<Vec<(String, Vec<u8>)>> {
         let mut objects = Vec::with_capacity(self.open.len());
         self.last_key = None;
         for ((table, dt), mut open) in std::mem::take(&mut self.open) {
@@ -159,41 +127,42 @@ impl Batch {
     }
 }
 
-/// `<schema>.<table>/<key values joined by |>`: one key's changes go to one shard, in order.
-/// A table without a key spreads by row position. Over Kinesis' 256 characters the key part is
-/// replaced by its FNV-1a hash.
-pub fn partition_key(
-    schema: &crate::change::TableSchema,
-    meta: &RowMeta<'_>,
-    values: &[Value],
-) -> String {
-    let mut key = String::new();
-    for (c, v) in schema.columns.iter().zip(values) {
-        if !c.key {
-            continue;
-        }
-        if !key.is_empty() {
-            key.push('|');
-        }
-        match v {
-            Value::I16(i) => key.push_str(&i.to_string()),
-            Value::I32(i) => key.push_str(&i.to_string()),
-            Value::I64(i) => key.push_str(&i.to_string()),
-            Value::Decimal(d) => key.push_str(&d.to_string()),
-            Value::Text(t) => key.push_str(t),
-            other => key.push_str(&format!("{other:?}")),
-        }
+/// Changes as Parquet objects in the output: the batch's objects are all it writes, inside
+/// the engine's commit protocol, so delivery has nothing to do.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ParquetSink;
+
+impl ChangeSink for ParquetSink {
+    fn buffer(&self) -> Box<dyn ChangeBuffer> {
+        Box::new(ParquetBatch::default())
     }
-    if key.is_empty() {
-        key = format!("{}.{}", meta.pos, meta.ord);
+
+    fn deliver<'a>(
+        &'a self,
+        _store: &'a dyn PositionStore,
+        cp: &'a Checkpoint,
+        _buffer: &'a mut dyn ChangeBuffer,
+        _to: &'a SourcePosition,
+    ) -> BoxFuture<'a, Result<Checkpoint>> {
+        Box::pin(async move { Ok(cp.clone()) })
     }
-    let table = format!("{}.{}", schema.id.schema, schema.id.name);
-    if table.len() + 1 + key.len() > 256 {
-        key = format!("{:016x}", crate::config::fnv1a(key.as_bytes()));
+
+    /// A publish left unfinished by a run with `--publish` is refused: its records may be on
+    /// the stream, and writing the same changes as Parquet would deliver them twice.
+    fn recover<'a>(
+        &'a self,
+        _store: &'a dyn PositionStore,
+        _output: &'a dyn crate::output::ObjectOutput,
+        cp: &'a Checkpoint,
+    ) -> BoxFuture<'a, Result<Option<Checkpoint>>> {
+        Box::pin(async move {
+            if cp.intent.as_ref().is_some_and(|i| i.is_publish()) {
+                return Err(Error::config(
+                    "the last run published changes to Kinesis and stopped before committing them: run again with the same --publish \
+                     (it finds what it sent instead of writing those changes as Parquet too), or `tidemark reset` to start over",
+                ));
+            }
+            Ok(None)
+        })
     }
-    let mut out = format!("{table}/{key}");
-    while out.len() > 256 {
-        out.pop();
-    }
-    out
 }
