@@ -148,6 +148,7 @@ impl Backoff {
     }
 }
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 mod run;
 
 /// The former name of [`Pipeline`].
