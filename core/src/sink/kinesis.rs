@@ -19,7 +19,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::BoxFuture;
 use crate::change::{RowMeta, SchemaRef, Value};
@@ -28,7 +28,7 @@ use crate::codec::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::lease::LeaseHolder;
 use crate::output::{Layout, ObjectOutput};
-use crate::sink::{ChangeBuffer, ChangeSink};
+use crate::sink::{BufferStats, ChangeBuffer, ChangeSink};
 use crate::source::kinesis::client::{KinesisStream, Put};
 use crate::store::{Checkpoint, PositionStore, SourcePosition, WriteIntent};
 
@@ -270,10 +270,7 @@ pub fn partition_key(
 pub struct EnvelopeBatch {
     pipeline: String,
     envelopes: Vec<Envelope>,
-    rows: usize,
-    bytes: usize,
-    started: Option<Instant>,
-    last_commit_ts: Option<i64>,
+    stats: BufferStats,
 }
 
 impl EnvelopeBatch {
@@ -281,29 +278,14 @@ impl EnvelopeBatch {
         EnvelopeBatch {
             pipeline: pipeline.to_string(),
             envelopes: Vec::new(),
-            rows: 0,
-            bytes: 0,
-            started: None,
-            last_commit_ts: None,
+            stats: BufferStats::default(),
         }
     }
 }
 
 impl ChangeBuffer for EnvelopeBatch {
-    fn is_empty(&self) -> bool {
-        self.rows == 0
-    }
-    fn rows(&self) -> usize {
-        self.rows
-    }
-    fn approx_bytes(&self) -> usize {
-        self.bytes
-    }
-    fn started(&self) -> Option<Instant> {
-        self.started
-    }
-    fn last_commit_ts(&self) -> Option<i64> {
-        self.last_commit_ts
+    fn stats(&self) -> &BufferStats {
+        &self.stats
     }
     /// Envelopes carry their columns: any mix of schemas may share a batch.
     fn schema_differs(&self, _schema: &SchemaRef) -> bool {
@@ -311,25 +293,20 @@ impl ChangeBuffer for EnvelopeBatch {
     }
     fn push(&mut self, schema: &SchemaRef, meta: &RowMeta<'_>, values: &[Value]) -> Result<()> {
         let data = envelope::encode(schema, meta, values, Some(&self.pipeline));
-        self.bytes += data.len();
+        let bytes = data.len();
         self.envelopes.push(Envelope {
             partition_key: partition_key(schema, meta, values),
             data,
             pos: meta.pos.to_string(),
             ord: meta.ord,
         });
-        self.rows += 1;
-        self.started.get_or_insert_with(Instant::now);
-        self.last_commit_ts = Some(meta.commit_ts);
+        self.stats.row(bytes, meta.commit_ts);
         Ok(())
     }
     /// The envelopes were delivered ([`ChangeBuffer::take_records`]): no objects.
     fn encode(&mut self, _layout: &Layout) -> Result<Vec<(String, Vec<u8>)>> {
         self.envelopes.clear();
-        self.rows = 0;
-        self.bytes = 0;
-        self.started = None;
-        self.last_commit_ts = None;
+        self.stats = BufferStats::default();
         Ok(Vec::new())
     }
     fn take_records(&mut self) -> Vec<Envelope> {

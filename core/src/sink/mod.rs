@@ -17,18 +17,48 @@ use crate::store::{Checkpoint, PositionStore, SourcePosition};
 pub mod kinesis;
 pub mod parquet;
 
+/// What every buffer counts of the rows pushed since its last encode.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BufferStats {
+    pub rows: usize,
+    /// Buffered bytes, approximately (the flush threshold `max_mib`).
+    pub bytes: usize,
+    /// When the first row was pushed.
+    pub started: Option<Instant>,
+    /// Commit time of the last row pushed.
+    pub last_commit_ts: Option<i64>,
+}
+
+impl BufferStats {
+    /// Counts one row of `bytes` committed at `commit_ts`.
+    pub fn row(&mut self, bytes: usize, commit_ts: i64) {
+        self.rows += 1;
+        self.bytes += bytes;
+        self.started.get_or_insert_with(Instant::now);
+        self.last_commit_ts = Some(commit_ts);
+    }
+}
+
 /// The rows of one batch, as a sink will write them.
 ///
 /// Rows are pushed in stream order; [`ChangeBuffer::encode`] runs on a blocking thread.
 pub trait ChangeBuffer: Send {
-    fn is_empty(&self) -> bool;
-    fn rows(&self) -> usize;
-    /// Buffered bytes, approximately (the flush threshold `max_mib`).
-    fn approx_bytes(&self) -> usize;
-    /// When the first row of this batch was pushed.
-    fn started(&self) -> Option<Instant>;
-    /// Commit time of the last row pushed since the last [`ChangeBuffer::encode`].
-    fn last_commit_ts(&self) -> Option<i64>;
+    fn stats(&self) -> &BufferStats;
+    fn is_empty(&self) -> bool {
+        self.stats().rows == 0
+    }
+    fn rows(&self) -> usize {
+        self.stats().rows
+    }
+    fn approx_bytes(&self) -> usize {
+        self.stats().bytes
+    }
+    fn started(&self) -> Option<Instant> {
+        self.stats().started
+    }
+    fn last_commit_ts(&self) -> Option<i64> {
+        self.stats().last_commit_ts
+    }
     /// Whether rows of `schema`'s table are buffered under a different schema version: the
     /// engine flushes first, so one object never mixes schema versions.
     fn schema_differs(&self, schema: &SchemaRef) -> bool;

@@ -5,14 +5,13 @@
 //! partition and one schema version, in push order; its key names its first and last row.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use crate::change::{RowMeta, SchemaRef, TableId, Value};
 use crate::error::Result;
 use crate::output::Layout;
 use crate::output::layout::date_partition;
 use crate::parquet::{self, TableBatchBuilder};
-use crate::sink::{ChangeBuffer, ChangeSink};
+use crate::sink::{BufferStats, ChangeBuffer, ChangeSink};
 use crate::store::{Checkpoint, PositionStore, SourcePosition};
 use crate::{BoxFuture, Error};
 
@@ -26,32 +25,15 @@ struct Open {
 #[derive(Default)]
 pub struct ParquetBatch {
     open: BTreeMap<(TableId, String), Open>,
-    rows: usize,
-    bytes: usize,
-    started: Option<Instant>,
-    last_commit_ts: Option<i64>,
+    stats: BufferStats,
     /// The key of the last push and its schema and day: consecutive rows of one table and day
     /// find their builder without building a key (no allocation per row).
     last_key: Option<(SchemaRef, i64, (TableId, String))>,
 }
 
 impl ChangeBuffer for ParquetBatch {
-    fn is_empty(&self) -> bool {
-        self.rows == 0
-    }
-    fn rows(&self) -> usize {
-        self.rows
-    }
-    fn approx_bytes(&self) -> usize {
-        self.bytes
-    }
-    /// When the first row of this batch was pushed.
-    fn started(&self) -> Option<Instant> {
-        self.started
-    }
-    /// Commit time of the last row pushed since the last [`Batch::encode`].
-    fn last_commit_ts(&self) -> Option<i64> {
-        self.last_commit_ts
+    fn stats(&self) -> &BufferStats {
+        &self.stats
     }
 
     /// Whether rows of `schema`'s table are buffered under a different schema version (the
@@ -92,10 +74,7 @@ impl ChangeBuffer for ParquetBatch {
             open.last.0.push_str(meta.pos);
         }
         open.last.1 = meta.ord;
-        self.bytes = self.bytes + after - before.min(after);
-        self.rows += 1;
-        self.started.get_or_insert_with(Instant::now);
-        self.last_commit_ts = Some(meta.commit_ts);
+        self.stats.row(after - before.min(after), meta.commit_ts);
         Ok(())
     }
 
@@ -119,10 +98,7 @@ impl ChangeBuffer for ParquetBatch {
             objects.push((key, bytes));
         }
         objects.sort_by(|a, b| a.0.cmp(&b.0));
-        self.rows = 0;
-        self.bytes = 0;
-        self.started = None;
-        self.last_commit_ts = None;
+        self.stats = BufferStats::default();
         Ok(objects)
     }
 }
