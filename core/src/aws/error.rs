@@ -87,8 +87,9 @@ const UNAVAILABLE_CODES: &[&str] = &[
     "ReplicatedWriteConflictException",
     // A table or stream being created or updated.
     "ResourceInUseException",
-    // A shard iterator older than five minutes: take a new one.
+    // A shard iterator (or a ListShards token) older than five minutes: start over.
     "ExpiredIteratorException",
+    "ExpiredNextTokenException",
 ];
 
 const ACCESS_CODES: &[&str] = &[
@@ -398,6 +399,7 @@ mod tests {
             (Some("ValidationException"), None, 400, Rejected),
             // Kinesis
             (Some("ExpiredIteratorException"), None, 400, Unavailable),
+            (Some("ExpiredNextTokenException"), None, 400, Unavailable),
             (Some("LimitExceededException"), None, 400, Throttled),
             (Some("KMSThrottlingException"), None, 400, Throttled),
             (Some("KMSDisabledException"), None, 400, Kms),

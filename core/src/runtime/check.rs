@@ -38,7 +38,7 @@ pub async fn check(cfg: &Config) -> Result<Vec<Finding>> {
         ));
         return Ok(findings);
     }
-    let store = store::open(cfg.positions.url.as_deref(), false).await?;
+    let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
     let cp = store.load(&cfg.pipeline).await?;
     if cfg.is_mysql() {
         MysqlSource::check(cfg, cp.as_ref()).await

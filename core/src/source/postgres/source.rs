@@ -76,6 +76,9 @@ pub struct PostgresSource {
     publish: Vec<TableId>,
     /// The captured tables as the stream names them.
     captured: Vec<TableId>,
+    /// `sql` sat idle while a snapshot copied in its own session (a server's
+    /// `idle_session_timeout` or a NAT may have closed it): the stream gets a new one.
+    sql_idle: bool,
 }
 
 impl PostgresSource {
@@ -210,6 +213,7 @@ impl PostgresSource {
     /// connection that exported it runs its next command).
     async fn snapshot_session(&mut self, point: Lsn, name: &str) -> Result<PgSnapshot> {
         let sql = connect::sql_connect(&self.pg, "tidemark-snapshot").await?;
+        self.sql_idle = true;
         snapshot::import(&sql, name).await?;
         let taken_at: i64 = sql
             .query_one("select (extract(epoch from now()) * 1000000)::int8", &[])
@@ -245,6 +249,7 @@ impl Source for PostgresSource {
             publication: String::new(),
             publish: Vec::new(),
             captured: Vec::new(),
+            sql_idle: false,
         })
     }
 
@@ -470,9 +475,13 @@ impl Source for PostgresSource {
             .unwrap_or(self.captured)
             .into_iter()
             .collect();
+        let sql = match self.sql_idle {
+            true => connect::sql_connect(&self.pg, "tidemark").await?,
+            false => self.sql,
+        };
         Ok(stream::spawn(
             stream,
-            self.sql,
+            sql,
             acked,
             STATUS_INTERVAL,
             Some(only),
