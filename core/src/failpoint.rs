@@ -1,13 +1,17 @@
 //! Crash points for tests: `TIDEMARK_CRASH_AT=<name>:<n>` aborts the process (as `kill -9`
 //! would: no flush, no commit, no release) the `n`th time the named point is passed, so the
 //! end-to-end tests hit each window of the commit protocol deterministically instead of by
-//! kill timing. Unset (always, outside tests), a point costs one relaxed atomic load.
+//! kill timing. `TIDEMARK_STOP_AT=<name>:<n>` requests a graceful stop there instead, as a
+//! SIGTERM arriving at that instant would ([`stop_requested`] feeds the same shutdown path).
+//! Unset (always, outside tests), a point costs two relaxed loads.
 //!
 //! Points: [`INTENT_SAVED`], [`OBJECT_PUT`], [`POSITION_SAVED`] (the stream's commit protocol),
 //! [`PART_PUT`], [`TABLE_DONE`] (the snapshot).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Notify;
 
 /// The write intent of a batch is saved; none of its objects is written yet.
 pub const INTENT_SAVED: &str = "commit.intent_saved";
@@ -35,24 +39,49 @@ struct Armed {
     hits: AtomicU64,
 }
 
-fn armed() -> Option<&'static Armed> {
+fn arm(var: &str) -> Option<Armed> {
+    let spec = std::env::var(var).ok()?;
+    match parse(&spec) {
+        Some((point, at)) => Some(Armed {
+            point,
+            at,
+            hits: AtomicU64::new(0),
+        }),
+        None => {
+            tracing::warn!(var, spec, points = ?POINTS, "ignored: expected <point>:<n>");
+            None
+        }
+    }
+}
+
+impl Armed {
+    /// Counts a pass of `point`: true on the armed pass.
+    fn hit(&self, point: &str) -> bool {
+        self.point == point && self.hits.fetch_add(1, Ordering::Relaxed) + 1 == self.at
+    }
+}
+
+fn crash() -> Option<&'static Armed> {
     static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
-    ARMED
-        .get_or_init(|| {
-            let spec = std::env::var("TIDEMARK_CRASH_AT").ok()?;
-            match parse(&spec) {
-                Some((point, at)) => Some(Armed {
-                    point,
-                    at,
-                    hits: AtomicU64::new(0),
-                }),
-                None => {
-                    tracing::warn!(spec, points = ?POINTS, "TIDEMARK_CRASH_AT ignored: expected <point>:<n>");
-                    None
-                }
-            }
-        })
-        .as_ref()
+    ARMED.get_or_init(|| arm("TIDEMARK_CRASH_AT")).as_ref()
+}
+
+fn stop() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    ARMED.get_or_init(|| arm("TIDEMARK_STOP_AT")).as_ref()
+}
+
+fn stop_notify() -> &'static Notify {
+    static STOP: OnceLock<Notify> = OnceLock::new();
+    STOP.get_or_init(Notify::new)
+}
+
+/// Completes once `TIDEMARK_STOP_AT`'s pass is reached; never when it is unset.
+pub async fn stop_requested() {
+    match stop() {
+        Some(_) => stop_notify().notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn parse(spec: &str) -> Option<(&'static str, u64)> {
@@ -62,12 +91,24 @@ fn parse(spec: &str) -> Option<(&'static str, u64)> {
     Some((point, at))
 }
 
-/// Passes the crash point `point`: aborts the process when it is the armed point's `n`th pass.
+/// Passes the point `point`: aborts the process when it is `TIDEMARK_CRASH_AT`'s pass, and
+/// requests a stop when it is `TIDEMARK_STOP_AT`'s.
 pub fn pass(point: &'static str) {
-    let Some(a) = armed() else { return };
-    if a.point == point && a.hits.fetch_add(1, Ordering::Relaxed) + 1 == a.at {
+    if let Some(a) = crash()
+        && a.hit(point)
+    {
         eprintln!("TIDEMARK_CRASH_AT: aborting at {point} (pass {})", a.at);
         std::process::abort();
+    }
+    if let Some(a) = stop()
+        && a.hit(point)
+    {
+        eprintln!(
+            "TIDEMARK_STOP_AT: stop requested at {point} (pass {})",
+            a.at
+        );
+        // A permit: the waiter may not be waiting yet.
+        stop_notify().notify_one();
     }
 }
 

@@ -353,7 +353,7 @@ async fn health_check_and_embedded_metric_lines() {
             &["--flush-interval-ms", "200", "--metrics", "emf"],
         )
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(s.out().with_file_name("worker.log")).unwrap())
         .spawn()
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -362,9 +362,24 @@ async fn health_check_and_embedded_metric_lines() {
     ))
     .await
     .unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let (code, out, _) = health();
+    // Streaming within 30 s (a loaded machine takes longer than the usual 2 s).
+    let mut said = health();
+    for _ in 0..60 {
+        if (said.0, said.1.trim()) == (0, "healthy: Streaming") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        said = health();
+    }
+    let (code, out, _) = said;
     assert_eq!((code, out.trim()), (0, "healthy: Streaming"));
+    // The 99 changes committed (so their metric lines are out) before the stop.
+    for _ in 0..60 {
+        if s.output_rows(&q, "id").len() == 100 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 
     std::process::Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
@@ -384,7 +399,8 @@ async fn health_check_and_embedded_metric_lines() {
         .filter(|v| v["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "tidemark")
         .collect();
     let rows: i64 = batches.iter().filter_map(|v| v["Rows"].as_i64()).sum();
-    assert_eq!(rows, 99, "{stdout}");
+    let log = std::fs::read_to_string(s.out().with_file_name("worker.log")).unwrap_or_default();
+    assert_eq!(rows, 99, "stdout:\n{stdout}\nthe worker's log:\n{log}");
     assert!(
         batches
             .iter()

@@ -8,6 +8,10 @@
 //! protocol (intent saved; an object written; the position saved, the source not acknowledged),
 //! while a workload writes, so resumed snapshots need their skip rules. Then a run until caught
 //! up must end on its own with every row, and a further one must write nothing.
+//!
+//! A graceful stop (`TIDEMARK_STOP_AT`, the SIGTERM path at a chosen point) during the
+//! snapshot and during the stream must exit 0 with what it wrote committed, and `status` must
+//! report the source's lag through the contract.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -218,3 +222,86 @@ every_source!(
     crash_in_every_window_then_exactly_once,
     crash_in_every_window
 );
+
+/// Runs the worker with `TIDEMARK_STOP_AT=<point>:<n>` and waits (at most a minute) for it to
+/// stop on its own: exit 0, as after a SIGTERM.
+fn run_until_stop(s: &Scenario, tables: &[&str], flags: &[&str], point: &str, n: u32) -> String {
+    let mut child = s
+        .command("run", tables, flags)
+        .env("TIDEMARK_STOP_AT", format!("{point}:{n}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tidemark");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let (_, log) = harness::stderr_of(child);
+            panic!("no stop within a minute of {point}:{n}:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, log) = harness::stderr_of(child);
+    assert!(
+        status.success(),
+        "a stop requested at {point}:{n} must exit 0, got {status}:\n{log}"
+    );
+    assert!(log.contains(&format!("stop requested at {point}")), "{log}");
+    log
+}
+
+async fn graceful_stop(db: Db) {
+    let s = db.scenario("stop");
+    let table = format!("t_{}", s.name);
+    db.versioned_table(&table, 3_000).await;
+    let qualified = db.qualified(&table);
+    let tables = [qualified.as_str()];
+    let extra = db.flags();
+    let mut flags: Vec<&str> = vec![
+        "--snapshot-part-rows",
+        "300",
+        "--flush-interval-ms",
+        "100",
+        "--max-batch-rows",
+        "200",
+    ];
+    flags.extend(extra.iter().map(String::as_str));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(db.workload(table.clone(), 3_001, stop_rx));
+
+    // During the snapshot: the parts written stay, the next run resumes after them.
+    let log =
+        tokio::task::block_in_place(|| run_until_stop(&s, &tables, &flags, failpoint::PART_PUT, 2));
+    assert!(log.contains("stopped during the snapshot"), "{log}");
+    let status = s.status_json();
+    assert_eq!(status["snapshot"]["done"], false, "{status}");
+    assert!(status["snapshot"]["current"].is_object(), "{status}");
+
+    // While streaming: the batch in hand is committed before the exit.
+    let log = tokio::task::block_in_place(|| {
+        run_until_stop(&s, &tables, &flags, failpoint::POSITION_SAVED, 3)
+    });
+    assert!(log.contains("resuming the interrupted snapshot"), "{log}");
+    let status = s.status_json();
+    assert_eq!(status["state"], "STOPPED", "{status}");
+    assert!(status["position"].is_string(), "{status}");
+    assert!(
+        status["lag_bytes"].is_u64(),
+        "lag through the contract: {status}"
+    );
+    assert!(status["source_error"].is_null(), "{status}");
+    assert!(
+        status["pending_intent"].is_null(),
+        "a graceful stop leaves no intent: {status}"
+    );
+
+    stop_tx.send(true).unwrap();
+    writer.await.unwrap();
+    tokio::task::block_in_place(|| s.run_caught_up_with(&tables, &flags));
+    let checked = assert_exactly_once_against(&s, &qualified, &db.versions(&table).await);
+    assert!(checked > 3_000, "only {checked} rows checked");
+    db.cleanup(&s, &table).await;
+}
+
+every_source!(graceful_stop_then_exactly_once, graceful_stop);

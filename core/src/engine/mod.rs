@@ -226,25 +226,32 @@ impl Pipeline {
 impl Pipeline {
     /// Runs the configured database source (each needs its cargo feature).
     async fn run_source(&mut self, shutdown: watch::Receiver<bool>) -> Result<()> {
-        if self.config.is_mysql() {
-            #[cfg(feature = "mysql")]
-            return self
-                .run_database::<crate::source::mysql::source::MysqlSource>(shutdown)
-                .await;
-        } else {
-            #[cfg(feature = "postgres")]
-            return self
-                .run_database::<crate::source::postgres::source::PostgresSource>(shutdown)
-                .await;
+        #[cfg(any(feature = "postgres", feature = "mysql"))]
+        {
+            let config = self.config.clone();
+            let work = run::RunDatabase {
+                pipeline: self,
+                shutdown,
+            };
+            crate::source::contract::with_source(&config, work).await
         }
-        #[allow(unreachable_code)]
+        #[cfg(not(any(feature = "postgres", feature = "mysql")))]
         {
             let _ = shutdown;
-            Err(crate::Error::config(format!(
-                "this build of tidemark has no support for the source {}: build with the postgres and mysql features",
-                self.config.source.url
-            )))
+            crate::source::contract::with_source(&self.config, NoSource).await
         }
+    }
+}
+
+/// Without a database source feature, `with_source` only reports which feature is missing.
+#[cfg(not(any(feature = "postgres", feature = "mysql")))]
+struct NoSource;
+
+#[cfg(not(any(feature = "postgres", feature = "mysql")))]
+impl crate::source::contract::WithSource for NoSource {
+    type Output = ();
+    async fn run<S: crate::source::Source>(self) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -10,9 +10,22 @@ use crate::engine::{Pipeline, PipelineState};
 use crate::error::{Error, Result};
 use crate::output::Layout;
 use crate::position::Lsn;
-use crate::source::contract::{Progress, SnapshotRead, Source};
+use crate::source::contract::{Progress, SnapshotRead, Source, WithSource};
 use crate::source::snapshot::SnapshotMeta;
 use crate::store::Checkpoint;
+
+/// [`Pipeline::run_database`] for the source the config names.
+pub(super) struct RunDatabase<'a> {
+    pub pipeline: &'a mut Pipeline,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl WithSource for RunDatabase<'_> {
+    type Output = ();
+    async fn run<S: Source>(self) -> Result<()> {
+        self.pipeline.run_database::<S>(self.shutdown).await
+    }
+}
 
 impl Pipeline {
     /// Runs source `S` until `shutdown` (or `--until-caught-up`): prepares it, takes or resumes

@@ -2,17 +2,17 @@
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::output;
-use crate::source::mysql::source::MysqlSource;
-use crate::source::postgres::source::PostgresSource;
-use crate::source::{Finding, Level, Source};
-use crate::store;
+use crate::source::contract::{WithSource, with_source};
+use crate::source::{Finding, Source};
+use crate::store::{self, Checkpoint};
 
 /// Preflight of `cfg`'s pipeline: what a run needs from the source, the store and the output,
 /// each as a finding (`Level::Error` findings mean a run would fail; each says what to do).
 pub async fn check(cfg: &Config) -> Result<Vec<Finding>> {
     #[cfg(feature = "aws")]
     if let Some(stream) = cfg.kinesis_stream() {
+        use crate::output;
+        use crate::source::Level;
         let shards = crate::source::kinesis::client::KinesisStream::open(stream)
             .await?
             .shards()
@@ -40,9 +40,14 @@ pub async fn check(cfg: &Config) -> Result<Vec<Finding>> {
     }
     let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
     let cp = store.load(&cfg.pipeline).await?;
-    if cfg.is_mysql() {
-        MysqlSource::check(cfg, cp.as_ref()).await
-    } else {
-        PostgresSource::check(cfg, cp.as_ref()).await
+    with_source(cfg, Check(cfg, cp.as_ref())).await
+}
+
+struct Check<'a>(&'a Config, Option<&'a Checkpoint>);
+
+impl WithSource for Check<'_> {
+    type Output = Vec<Finding>;
+    async fn run<S: Source>(self) -> Result<Vec<Finding>> {
+        S::check(self.0, self.1).await
     }
 }

@@ -3,9 +3,8 @@
 use crate::config::Config;
 use crate::error::Result;
 use crate::source::Source;
-use crate::source::mysql::source::MysqlSource;
-use crate::source::postgres::source::PostgresSource;
-use crate::store;
+use crate::source::contract::{WithSource, with_source};
+use crate::store::{self, Checkpoint};
 
 /// Forgets `cfg`'s pipeline position (and, with `drop_slot`, its PostgreSQL slot and
 /// publication): the next run takes a new snapshot. Returns what it did, a line each.
@@ -39,11 +38,16 @@ pub async fn reset(cfg: &Config, drop_slot: bool) -> Result<Vec<String>> {
         ));
         return Ok(said);
     }
-    said.extend(if cfg.is_mysql() {
-        MysqlSource::reset(cfg, cp.as_ref(), drop_slot).await?
-    } else {
-        PostgresSource::reset(cfg, cp.as_ref(), drop_slot).await?
-    });
+    said.extend(with_source(cfg, Reset(cfg, cp.as_ref(), drop_slot)).await?);
     said.push(format!("pipeline {} reset", cfg.pipeline));
     Ok(said)
+}
+
+struct Reset<'a>(&'a Config, Option<&'a Checkpoint>, bool);
+
+impl WithSource for Reset<'_> {
+    type Output = Vec<String>;
+    async fn run<S: Source>(self) -> Result<Vec<String>> {
+        S::reset(self.0, self.1, self.2).await
+    }
 }

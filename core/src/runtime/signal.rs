@@ -2,7 +2,8 @@
 
 use tokio::sync::watch;
 
-/// Turns SIGTERM / Ctrl-C into a shutdown request; a second one exits at once.
+/// Turns SIGTERM / Ctrl-C (or a test's `TIDEMARK_STOP_AT`) into a shutdown request; a second
+/// signal exits at once.
 pub fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -24,6 +25,7 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {},
                 _ = sigterm => {},
+                _ = crate::failpoint::stop_requested() => {},
             }
             if n == 0 {
                 tracing::info!(

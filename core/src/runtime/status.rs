@@ -7,14 +7,19 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::engine::{PipelineState, StatusFile};
 use crate::error::{Error, Result};
-use crate::source::postgres::{catalog, connect};
-use crate::store;
+use crate::source::Source;
+use crate::source::contract::{SourceStatus, WithSource, with_source};
+use crate::store::{self, Checkpoint};
 
 /// A pipeline's status: as JSON (`--json`) or as text lines (`Display`).
 pub enum Status {
     #[cfg(feature = "aws")]
     Kinesis(crate::source::kinesis::status::Composite),
-    Database(serde_json::Value),
+    Database {
+        doc: serde_json::Value,
+        /// The source's own lines (`label`, value), after the position.
+        source: Vec<(String, String)>,
+    },
 }
 
 impl Status {
@@ -22,7 +27,7 @@ impl Status {
         match self {
             #[cfg(feature = "aws")]
             Status::Kinesis(doc) => serde_json::to_value(doc).unwrap_or_default(),
-            Status::Database(doc) => doc.clone(),
+            Status::Database { doc, .. } => doc.clone(),
         }
     }
 }
@@ -53,7 +58,7 @@ impl fmt::Display for Status {
                 }
                 Ok(())
             }
-            Status::Database(doc) => {
+            Status::Database { doc, source } => {
                 let show = |k: &str| match &doc[k] {
                     serde_json::Value::Null => "-".to_string(),
                     serde_json::Value::String(s) => s.clone(),
@@ -68,13 +73,9 @@ impl fmt::Display for Status {
                     show("lag_bytes"),
                     show("lag_seconds")
                 )?;
-                writeln!(
-                    f,
-                    "slot            {} (WAL retained {} bytes, {})",
-                    show("slot"),
-                    show("slot_wal_retained_bytes"),
-                    show("slot_wal_status")
-                )?;
+                for (label, value) in source {
+                    writeln!(f, "{label:<15} {value}")?;
+                }
                 writeln!(f, "updated         {}", show("updated_at"))?;
                 writeln!(
                     f,
@@ -129,37 +130,27 @@ pub async fn status(cfg: &Config) -> Result<Status> {
         .await?
         .filter(|l| l.expires_at_ms > store::now_ms());
     let report = StatusFile::read(&state_dir(cfg)?, &cfg.pipeline)?;
-    let (pg_slot, _) = crate::source::postgres::source::slot_names(cfg, cp.as_ref());
-    let (slot, server_error) = if cfg.is_mysql() {
-        (None, None)
-    } else {
-        let pg = connect::source_settings(&cfg.source)?;
-        match connect::sql_connect(&pg, "tidemark-status").await {
-            Ok(client) => (catalog::slot_info(&client, &pg_slot).await?, None),
-            Err(e) => (None, Some(e.one_line())),
-        }
+    let (source, source_error) = match with_source(cfg, Probe(cfg, cp.as_ref())).await {
+        Ok(s) => (s, None),
+        Err(e) => (SourceStatus::default(), Some(e.one_line())),
     };
     let now_us = store::now_ms() * 1000;
-    let lag_seconds = match (&slot, cp.as_ref().and_then(|c| c.last_commit_ts)) {
-        (Some(s), Some(ts)) if s.ack_lag_bytes.unwrap_or(0) > 0 => {
-            Some(((now_us - ts).max(0) as f64) / 1e6)
-        }
+    let lag_seconds = match (source.lag_bytes, cp.as_ref().and_then(|c| c.last_commit_ts)) {
+        (Some(lag), Some(ts)) if lag > 0 => Some(((now_us - ts).max(0) as f64) / 1e6),
         (Some(_), Some(_)) => Some(0.0),
         _ => None,
     };
-    let state = match (&report, &slot) {
-        (Some(r), Some(s)) if s.active_pid.is_some() || r.state == PipelineState::Error => {
-            format!("{:?}", r.state).to_uppercase()
-        }
-        (Some(r), _) if r.state == PipelineState::Error => "ERROR".into(),
-        // Running on another machine (no local status file): the slot is in use or the lease live.
-        (_, Some(s)) if s.active_pid.is_some() || lease.is_some() => "RUNNING".into(),
-        // MySQL has no slot: a live lease means a worker is running.
-        (_, None) if cfg.is_mysql() && lease.is_some() => "RUNNING".into(),
-        (_, _) if cp.as_ref().is_some_and(|c| c.position.is_some()) => "STOPPED".into(),
+    // A live reader or lease means a worker runs (on another machine when there is no local
+    // status file); the local status file then says what it is doing.
+    let running = source.reading == Some(true) || (source.reading.is_none() && lease.is_some());
+    let state = match &report {
+        Some(r) if r.state == PipelineState::Error => "ERROR".into(),
+        Some(r) if running => format!("{:?}", r.state).to_uppercase(),
+        _ if running || lease.is_some() => "RUNNING".into(),
+        _ if cp.as_ref().is_some_and(|c| c.position.is_some()) => "STOPPED".into(),
         _ => "NEW".into(),
     };
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "pipeline": cfg.pipeline,
         "state": state,
         "position": cp.as_ref().and_then(|c| c.position.as_ref()).map(|p| p.to_string()),
@@ -168,15 +159,26 @@ pub async fn status(cfg: &Config) -> Result<Status> {
         "updated_at": cp.as_ref().map(|c| c.updated_at.clone()),
         "lease_owner": lease.as_ref().map(|l| l.owner.clone()),
         "lease_epoch": lease.as_ref().map(|l| l.epoch),
-        "lag_bytes": slot.as_ref().and_then(|s| s.ack_lag_bytes),
+        "lag_bytes": source.lag_bytes,
         "lag_seconds": lag_seconds,
-        "slot": pg_slot,
-        "slot_active_pid": slot.as_ref().and_then(|s| s.active_pid),
-        "slot_wal_retained_bytes": slot.as_ref().and_then(|s| s.wal_retained_bytes),
-        "slot_wal_status": slot.as_ref().and_then(|s| s.wal_status.clone()),
         "rows_written_this_run": report.as_ref().map(|r| r.rows_written),
         "last_error": report.as_ref().and_then(|r| r.last_error.clone()),
-        "source_error": server_error,
+        "source_error": source_error,
     });
-    Ok(Status::Database(doc))
+    if let Some(doc) = doc.as_object_mut() {
+        doc.extend(source.fields);
+    }
+    Ok(Status::Database {
+        doc,
+        source: source.lines,
+    })
+}
+
+struct Probe<'a>(&'a Config, Option<&'a Checkpoint>);
+
+impl WithSource for Probe<'_> {
+    type Output = SourceStatus;
+    async fn run<S: Source>(self) -> Result<SourceStatus> {
+        S::status(self.0, self.1).await
+    }
 }

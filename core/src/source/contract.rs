@@ -134,12 +134,64 @@ pub trait Source: Send + Sized {
         release: bool,
     ) -> impl Future<Output = Result<Vec<String>>> + Send;
 
+    /// `tidemark status`: how far the server has written beyond `cp`'s durable position and
+    /// whether a reader holds the source now. Reads only; an error means the source could not
+    /// be reached (status reports it and goes on).
+    fn status(
+        config: &Config,
+        cp: Option<&Checkpoint>,
+    ) -> impl Future<Output = Result<SourceStatus>> + Send;
+
     /// Starts the stream at `from`, the durable position of `cp`.
     fn stream(
         self,
         cp: &Checkpoint,
         from: &Self::Position,
     ) -> impl Future<Output = Result<Self::Stream>> + Send;
+}
+
+/// What `tidemark status` shows of a source.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    /// Bytes the server has written beyond the durable position; `None` when it cannot tell.
+    pub lag_bytes: Option<u64>,
+    /// A reader holds the source now (PostgreSQL: the slot's active PID); `None` when the
+    /// source cannot tell (a binlog has no such record; the lease decides).
+    pub reading: Option<bool>,
+    /// The source's own fields of the `--json` document (PostgreSQL: the slot's).
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// The same, as `label  value` lines of the text status.
+    pub lines: Vec<(String, String)>,
+}
+
+/// Work run against the database source a config names ([`with_source`]).
+pub trait WithSource {
+    type Output;
+    fn run<S: Source>(self) -> impl Future<Output = Result<Self::Output>> + Send;
+}
+
+/// Runs `work` with the source type `config` names (MySQL/MariaDB URLs, else PostgreSQL); the
+/// one place a source is chosen. An error when this build lacks that source's feature.
+pub async fn with_source<W: WithSource>(config: &Config, work: W) -> Result<W::Output> {
+    if config.is_mysql() {
+        #[cfg(feature = "mysql")]
+        return work
+            .run::<crate::source::mysql::source::MysqlSource>()
+            .await;
+    } else {
+        #[cfg(feature = "postgres")]
+        return work
+            .run::<crate::source::postgres::source::PostgresSource>()
+            .await;
+    }
+    #[allow(unreachable_code)]
+    {
+        drop(work);
+        Err(crate::Error::config(format!(
+            "this build of tidemark has no support for the source {}: build with the postgres and mysql features",
+            config.source.url
+        )))
+    }
 }
 
 /// What a snapshot covers.

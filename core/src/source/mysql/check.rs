@@ -115,22 +115,13 @@ pub async fn run(
         });
     }
 
-    // Rows, not tuples: the column count differs by server (MySQL 8 adds `Encrypted`).
-    let logs: Vec<(String, u64)> = match conn.query::<mysql_async::Row, _>("SHOW BINARY LOGS").await
-    {
-        Ok(rows) => rows
-            .iter()
-            .filter_map(|r| {
-                let name = r.get_opt::<String, _>(0)?.ok()?;
-                let size = r.get_opt::<u64, _>(1).and_then(Result::ok).unwrap_or(0);
-                Some((name, size))
-            })
-            .collect(),
+    let logs = match binary_logs(conn).await {
+        Ok(logs) => logs,
         Err(e) => {
             out.push(Finding::new(
                 "binlog_retention",
                 Level::Warning,
-                format!("cannot list the binary logs: {}", Error::from(e).one_line()),
+                format!("cannot list the binary logs: {}", e.one_line()),
             ));
             Vec::new()
         }
@@ -267,6 +258,30 @@ pub async fn run(
 }
 
 /// The current write position ([`ServerInfo::binlog_status_sql`]).
+/// `SHOW BINARY LOGS`: every binlog file the server keeps, oldest first, with its size.
+pub async fn binary_logs(conn: &mut Conn) -> Result<Vec<(String, u64)>> {
+    // Rows, not tuples: the column count differs by server (MySQL 8 adds `Encrypted`).
+    let rows = conn
+        .query::<mysql_async::Row, _>("SHOW BINARY LOGS")
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let name = r.get_opt::<String, _>(0)?.ok()?;
+            let size = r.get_opt::<u64, _>(1).and_then(Result::ok).unwrap_or(0);
+            Some((name, size))
+        })
+        .collect())
+}
+
+/// Bytes the server has written after `from`, by the sizes of `logs` (`binary_logs`); `None`
+/// when `from`'s file is no longer kept.
+pub fn bytes_after(logs: &[(String, u64)], from: &BinlogCoord) -> Option<u64> {
+    let first = logs.iter().position(|(name, _)| *name == from.file)?;
+    let written: u64 = logs[first..].iter().map(|(_, size)| size).sum();
+    Some(written.saturating_sub(from.pos))
+}
+
 pub async fn current_position(conn: &mut Conn, server: &ServerInfo) -> Result<BinlogCoord> {
     let sql = server.binlog_status_sql();
     let row: Option<mysql_async::Row> = conn.query_first(sql).await?;
@@ -321,3 +336,22 @@ pub async fn mysql_gtid_executed(conn: &mut Conn) -> Result<Option<String>> {
 }
 
 pub use connect::server_info;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_after_counts_through_the_later_files() {
+        let logs = vec![
+            ("bin.000001".to_string(), 1_000),
+            ("bin.000002".to_string(), 500),
+            ("bin.000003".to_string(), 300),
+        ];
+        let at = |file: &str, pos| BinlogCoord::new(file.to_string(), pos);
+        assert_eq!(bytes_after(&logs, &at("bin.000003", 300)), Some(0));
+        assert_eq!(bytes_after(&logs, &at("bin.000003", 100)), Some(200));
+        assert_eq!(bytes_after(&logs, &at("bin.000002", 400)), Some(400));
+        assert_eq!(bytes_after(&logs, &at("bin.000000", 4)), None);
+    }
+}

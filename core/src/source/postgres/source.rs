@@ -17,7 +17,9 @@ use crate::config::{Config, legacy_object_name};
 use crate::error::{Error, ErrorKind, Result};
 use crate::position::{Lsn, PgPosition};
 use crate::source::capture::{self, TableSet};
-use crate::source::contract::{Ordering, ResumeMode, SnapshotRead, SnapshotTables, Source};
+use crate::source::contract::{
+    Ordering, ResumeMode, SnapshotRead, SnapshotTables, Source, SourceStatus,
+};
 use crate::source::postgres::connect::{self, PgSource};
 use crate::source::postgres::replication::ReplicationClient;
 use crate::source::postgres::snapshot::{self, PgCopier};
@@ -76,16 +78,21 @@ pub struct PostgresSource {
     publish: Vec<TableId>,
     /// The captured tables as the stream names them.
     captured: Vec<TableId>,
+    /// The slot as `prepare` found it (`None`: there was none); the snapshot steps after it
+    /// read this instead of asking again.
+    slot_info: Option<catalog::SlotInfo>,
     /// `sql` sat idle while a snapshot copied in its own session (a server's
     /// `idle_session_timeout` or a NAT may have closed it): the stream gets a new one.
     sql_idle: bool,
 }
 
+fn not_captured() -> Error {
+    Error::fatal("the replication connection is opened by `captured`")
+}
+
 impl PostgresSource {
     fn repl(&mut self) -> Result<&mut ReplicationClient> {
-        self.repl
-            .as_mut()
-            .ok_or_else(|| Error::fatal("the replication connection is opened by `captured`"))
+        self.repl.as_mut().ok_or_else(not_captured)
     }
 
     /// Checks that the slot is the one this pipeline recorded (issue 11 item 9) and records it
@@ -112,6 +119,8 @@ impl PostgresSource {
             .as_ref()
             .and_then(|i| i.confirmed_flush.as_deref())
             .and_then(|l| l.parse::<Lsn>().ok());
+        let found = info.is_some();
+        self.slot_info = info;
         // A slot whose creation point was never saved (a crash right after creating it) is
         // this pipeline's; with no position yet, the snapshot starts over on it.
         let pending = cp
@@ -133,7 +142,7 @@ impl PostgresSource {
                 )));
             }
         }
-        if cp.position.is_some() && info.is_none() {
+        if cp.position.is_some() && !found {
             return Err(Error::config(format!(
                 "replication slot {slot} is gone but pipeline {pipeline} has a committed position: changes since then are lost. \
                  Run `tidemark reset` to take a new snapshot"
@@ -249,6 +258,7 @@ impl Source for PostgresSource {
             publication: String::new(),
             publish: Vec::new(),
             captured: Vec::new(),
+            slot_info: None,
             sql_idle: false,
         })
     }
@@ -288,10 +298,7 @@ impl Source for PostgresSource {
 
     async fn snapshot_tables(&mut self) -> Result<SnapshotTables> {
         let slot = &self.slot;
-        if let Some(pid) = catalog::slot_info(&self.sql, slot)
-            .await?
-            .and_then(|s| s.active_pid)
-        {
+        if let Some(pid) = self.slot_info.as_ref().and_then(|s| s.active_pid) {
             return Err(Error::transient(format!(
                 "replication slot {slot} is still in use by PID {pid}"
             )));
@@ -305,7 +312,7 @@ impl Source for PostgresSource {
 
     /// While the slot lives: it still holds the changes since the snapshot's consistent point.
     async fn can_resume(&mut self, _progress: &SnapshotProgress) -> Result<bool> {
-        Ok(catalog::slot_info(&self.sql, &self.slot).await?.is_some())
+        Ok(self.slot_info.is_some())
     }
 
     async fn begin_snapshot(
@@ -323,7 +330,7 @@ impl Source for PostgresSource {
         store.save(cp.expected(), &pending, None).await?;
         let cp = pending;
         let slot = self.slot.clone();
-        let exists = catalog::slot_info(&self.sql, &slot).await?.is_some();
+        let exists = self.slot_info.is_some();
         let repl = self.repl()?;
         if exists {
             repl.drop_slot(&slot).await?;
@@ -460,11 +467,45 @@ impl Source for PostgresSource {
         )])
     }
 
+    async fn status(config: &Config, cp: Option<&Checkpoint>) -> Result<SourceStatus> {
+        let (slot, _) = slot_names(config, cp);
+        let pg = connect::source_settings(&config.source)?;
+        let client = connect::sql_connect(&pg, "tidemark-status").await?;
+        let info = catalog::slot_info(&client, &slot).await?;
+        let of = |f: fn(&catalog::SlotInfo) -> serde_json::Value| {
+            info.as_ref().map(f).unwrap_or(serde_json::Value::Null)
+        };
+        let show = |v: serde_json::Value| match v {
+            serde_json::Value::Null => "-".to_string(),
+            serde_json::Value::String(s) => s,
+            v => v.to_string(),
+        };
+        let retained = of(|i| i.wal_retained_bytes.into());
+        let wal_status = of(|i| i.wal_status.clone().into());
+        let line = format!(
+            "{slot} (WAL retained {} bytes, {})",
+            show(retained.clone()),
+            show(wal_status.clone())
+        );
+        let fields = serde_json::Map::from_iter([
+            ("slot".to_string(), slot.into()),
+            ("slot_active_pid".to_string(), of(|i| i.active_pid.into())),
+            ("slot_wal_retained_bytes".to_string(), retained),
+            ("slot_wal_status".to_string(), wal_status),
+        ]);
+        Ok(SourceStatus {
+            lag_bytes: info
+                .as_ref()
+                .and_then(|i| i.ack_lag_bytes)
+                .map(|b| b.max(0) as u64),
+            reading: info.as_ref().map(|i| i.active_pid.is_some()),
+            fields,
+            lines: vec![("slot".to_string(), line)],
+        })
+    }
+
     async fn stream(mut self, cp: &Checkpoint, from: &PgPosition) -> Result<StreamHandle> {
-        let repl = self
-            .repl
-            .take()
-            .ok_or_else(|| Error::fatal("the replication connection is opened by `captured`"))?;
+        let repl = self.repl.take().ok_or_else(not_captured)?;
         let stream = repl
             .start_replication(&self.slot, from.ack_lsn, &self.publication, 1)
             .await?;
