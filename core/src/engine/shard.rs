@@ -25,8 +25,9 @@ use crate::engine::{commit_batch, load_and_recover};
 use crate::error::{Error, Result};
 use crate::output::layout::date_partition;
 use crate::output::{Layout, ObjectOutput};
-use crate::parquet::TableBatchBuilder;
 use crate::position::{SeqNo, ShardPosition};
+use crate::sink::ChangeBuffer;
+use crate::sink::parquet::{Naming, ParquetBatch};
 use crate::store::{
     Checkpoint, PositionStore, SourcePosition, baseline_checkpoint, shard_checkpoint,
 };
@@ -321,7 +322,6 @@ type Decoded1 = (SeqNo, i64, Box<Change>);
 /// Rows of one table and date partition whose columns agree: one object.
 struct Run {
     table: TableId,
-    dt: String,
     columns: Vec<Column>,
     rows: Vec<Decoded1>,
 }
@@ -374,12 +374,12 @@ fn encode_runs(layout: &Layout, shard: &str, changes: Vec<Decoded1>) -> Result<E
         }
         let ts = c.commit_ts.unwrap_or(arrival_ms.saturating_mul(1000));
         last_ts = Some(ts);
-        let dt = date_partition(ts);
-        let list = runs.entry((c.table.clone(), dt.clone())).or_default();
+        let list = runs
+            .entry((c.table.clone(), date_partition(ts)))
+            .or_default();
         if !list.last().is_some_and(|run| run.fits(&c)) {
             list.push(Run {
                 table: c.table.clone(),
-                dt,
                 columns: Vec::new(),
                 rows: Vec::new(),
             });
@@ -399,8 +399,8 @@ fn encode_runs(layout: &Layout, shard: &str, changes: Vec<Decoded1>) -> Result<E
             }
             .with_output_names(),
         );
-        let mut builder = TableBatchBuilder::new(schema.clone());
-        let (mut first, mut last_seq) = (None, None);
+        // One batch per run: the run is one object, named by the shard's sequence numbers.
+        let mut batch = ParquetBatch::named(Naming::Shard(shard.to_string()));
         let mut values = Vec::with_capacity(run.columns.len());
         for (seq, arrival_ms, c) in &run.rows {
             values.clear();
@@ -419,26 +419,15 @@ fn encode_runs(layout: &Layout, shard: &str, changes: Vec<Decoded1>) -> Result<E
                 commit_ts: c.commit_ts.unwrap_or(arrival_ms.saturating_mul(1000)),
                 xid: c.xid,
             };
-            match builder.push(&meta, &values) {
-                Ok(()) => {
-                    first.get_or_insert_with(|| seq.clone());
-                    last_seq = Some(seq.clone());
-                }
-                Err(e) => dead.push((seq.clone(), e.one_line())),
+            if let Err(e) = batch.push_at(&schema, &meta, &values, (&seq.sortable(), 0)) {
+                dead.push((seq.clone(), e.one_line()));
             }
         }
-        let (Some(first), Some(last_seq)) = (first, last_seq) else {
-            continue;
-        };
-        let n = builder.len();
-        let encoded = builder
-            .finish()
-            .and_then(|batch| crate::parquet::encode(&schema, &[batch]));
-        match encoded {
-            Ok(bytes) => {
+        let n = batch.rows();
+        match batch.encode(layout) {
+            Ok(encoded) => {
                 rows += n;
-                let key = layout.shard_change_key(&run.table, &run.dt, shard, &first, &last_seq);
-                objects.push((key, bytes));
+                objects.extend(encoded);
             }
             // The columns themselves are unusable (an empty name, an impossible type): every
             // row of the run goes to the dead letters, the rest of the batch proceeds.

@@ -89,21 +89,20 @@ impl Layout {
 
 impl Layout {
     /// A change object written from one Kinesis shard: named by the shard and the sequence
-    /// numbers of its first and last record, so objects of different shards never collide.
+    /// numbers (their [`SeqNo::sortable`](crate::position::SeqNo::sortable) forms) of its
+    /// first and last record, so objects of different shards never collide.
     pub fn shard_change_key(
         &self,
         table: &TableId,
         dt: &str,
         shard: &str,
-        first: &crate::position::SeqNo,
-        last: &crate::position::SeqNo,
+        first: &str,
+        last: &str,
     ) -> String {
         format!(
-            "{}changes/dt={dt}/{}.{}_{}.parquet",
+            "{}changes/dt={dt}/{}.{first}_{last}.parquet",
             self.table_prefix(table),
             escape(shard),
-            first.sortable(),
-            last.sortable()
         )
     }
 

@@ -2,7 +2,9 @@
 //! builders, encoded into one object each at flush; the objects are the batch's whole output.
 //!
 //! Contract: rows are pushed in source order; an object holds the rows of one table, one date
-//! partition and one schema version, in push order; its key names its first and last row.
+//! partition and one schema version, in push order; its key names its first and last row
+//! ([`Naming`]). A row the builder refuses is not buffered and names nothing, so the caller
+//! may send it elsewhere (a shard's dead letters) and go on.
 
 use std::collections::BTreeMap;
 
@@ -15,20 +17,84 @@ use crate::sink::{BufferStats, ChangeBuffer, ChangeSink};
 use crate::store::{Checkpoint, PositionStore, SourcePosition};
 use crate::{BoxFuture, Error};
 
+/// How a batch names its objects: by what a replay names the same way, so a batch redone
+/// after a crash writes the same keys.
+#[derive(Debug, Clone, Default)]
+pub enum Naming {
+    /// By the first and last row's `(_pos, _ord)` (a database stream).
+    #[default]
+    Rows,
+    /// By the shard and the first and last record's sequence number (a Kinesis shard, whose
+    /// rows may carry the `_pos` of another source).
+    Shard(String),
+}
+
+/// What names an object's first or last row: `(_pos, _ord)`, or a record's sortable
+/// sequence number and 0.
+type Mark = (String, u64);
+
 struct Open {
     builder: TableBatchBuilder,
-    first: (String, u64),
-    last: (String, u64),
+    first: Option<Mark>,
+    last: Mark,
 }
 
 /// Buffered rows of one batch, as Arrow builders.
 #[derive(Default)]
 pub struct ParquetBatch {
+    naming: Naming,
     open: BTreeMap<(TableId, String), Open>,
     stats: BufferStats,
     /// The key of the last push and its schema and day: consecutive rows of one table and day
     /// find their builder without building a key (no allocation per row).
     last_key: Option<(SchemaRef, i64, (TableId, String))>,
+}
+
+impl ParquetBatch {
+    pub fn named(naming: Naming) -> Self {
+        ParquetBatch {
+            naming,
+            ..ParquetBatch::default()
+        }
+    }
+
+    /// [`ChangeBuffer::push`], naming the row by `mark` instead of its `(_pos, _ord)`.
+    pub fn push_at(
+        &mut self,
+        schema: &SchemaRef,
+        meta: &RowMeta<'_>,
+        values: &[Value],
+        mark: (&str, u64),
+    ) -> Result<()> {
+        let day = meta.commit_ts.div_euclid(86_400_000_000);
+        let cached = matches!(&self.last_key, Some((s, d, _)) if std::sync::Arc::ptr_eq(s, schema) && *d == day);
+        if !cached {
+            let key = (schema.id.clone(), date_partition(meta.commit_ts));
+            self.open.entry(key.clone()).or_insert_with(|| Open {
+                builder: TableBatchBuilder::new(schema.clone()),
+                first: None,
+                last: (String::new(), 0),
+            });
+            self.last_key = Some((schema.clone(), day, key));
+        }
+        let open = match &self.last_key {
+            Some((_, _, key)) => self.open.get_mut(key),
+            None => None,
+        }
+        .ok_or_else(|| crate::Error::fatal("batch builder missing for its key"))?;
+        let before = open.builder.approx_bytes();
+        open.builder.push(meta, values)?;
+        let after = open.builder.approx_bytes();
+        open.first
+            .get_or_insert_with(|| (mark.0.to_string(), mark.1));
+        if open.last.0 != mark.0 {
+            open.last.0.clear();
+            open.last.0.push_str(mark.0);
+        }
+        open.last.1 = mark.1;
+        self.stats.row(after - before.min(after), meta.commit_ts);
+        Ok(())
+    }
 }
 
 impl ChangeBuffer for ParquetBatch {
@@ -50,32 +116,7 @@ impl ChangeBuffer for ParquetBatch {
     }
 
     fn push(&mut self, schema: &SchemaRef, meta: &RowMeta<'_>, values: &[Value]) -> Result<()> {
-        let day = meta.commit_ts.div_euclid(86_400_000_000);
-        let cached = matches!(&self.last_key, Some((s, d, _)) if std::sync::Arc::ptr_eq(s, schema) && *d == day);
-        if !cached {
-            let key = (schema.id.clone(), date_partition(meta.commit_ts));
-            self.open.entry(key.clone()).or_insert_with(|| Open {
-                builder: TableBatchBuilder::new(schema.clone()),
-                first: (meta.pos.to_string(), meta.ord),
-                last: (String::new(), 0),
-            });
-            self.last_key = Some((schema.clone(), day, key));
-        }
-        let open = match &self.last_key {
-            Some((_, _, key)) => self.open.get_mut(key),
-            None => None,
-        }
-        .ok_or_else(|| crate::Error::fatal("batch builder missing for its key"))?;
-        let before = open.builder.approx_bytes();
-        open.builder.push(meta, values)?;
-        let after = open.builder.approx_bytes();
-        if open.last.0 != meta.pos {
-            open.last.0.clear();
-            open.last.0.push_str(meta.pos);
-        }
-        open.last.1 = meta.ord;
-        self.stats.row(after - before.min(after), meta.commit_ts);
-        Ok(())
+        self.push_at(schema, meta, values, (meta.pos, meta.ord))
     }
 
     /// Encodes every buffered table into one Parquet object each and empties the batch.
@@ -84,17 +125,18 @@ impl ChangeBuffer for ParquetBatch {
         let mut objects = Vec::with_capacity(self.open.len());
         self.last_key = None;
         for ((table, dt), mut open) in std::mem::take(&mut self.open) {
-            if open.builder.is_empty() {
+            let Some(first) = open.first.filter(|_| !open.builder.is_empty()) else {
                 continue;
-            }
+            };
             let batch = open.builder.finish()?;
             let bytes = parquet::encode(open.builder.schema(), &[batch])?;
-            let key = layout.change_key(
-                &table,
-                &dt,
-                (&open.first.0, open.first.1),
-                (&open.last.0, open.last.1),
-            );
+            let last = (open.last.0.as_str(), open.last.1);
+            let key = match &self.naming {
+                Naming::Rows => layout.change_key(&table, &dt, (&first.0, first.1), last),
+                Naming::Shard(shard) => {
+                    layout.shard_change_key(&table, &dt, shard, &first.0, last.0)
+                }
+            };
             objects.push((key, bytes));
         }
         objects.sort_by(|a, b| a.0.cmp(&b.0));
