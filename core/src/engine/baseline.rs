@@ -23,8 +23,8 @@ use std::sync::Arc;
 use crate::change::{Column, ColumnType, Op, RowMeta, TableId, TableSchema, Value};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::Layout;
-use crate::parquet::TableBatchBuilder;
 pub use crate::position::{BaselinePosition, Covers};
+use crate::source::snapshot::Part;
 
 /// The schema (namespace) of baseline tables named after their object.
 pub const NAMESPACE: &str = "baseline";
@@ -155,7 +155,8 @@ pub fn write_snapshot(
             }
             .with_output_names(),
         );
-        let mut b = TableBatchBuilder::new(schema.clone());
+        // The database snapshot's part file: the same row groups.
+        let mut b = Part::new(&schema)?;
         let pos = "0".repeat(crate::position::SEQ_POS_WIDTH);
         let first = total - rows.rows.len() as u64;
         let mut values = vec![Value::Null; rows.columns.len()];
@@ -174,11 +175,7 @@ pub fn write_snapshot(
             b.push(&meta, &values)
                 .map_err(|e| e.context(format!("baseline row {}", first + n as u64 + 1)))?;
         }
-        let batch = b.finish()?;
-        put(
-            layout.snapshot_key(table, snapshot_id, part),
-            crate::parquet::encode(&schema, &[batch])?,
-        )?;
+        put(layout.snapshot_key(table, snapshot_id, part), b.finish()?)?;
         part += 1;
         *rows = PartRows::new();
         Ok(())
