@@ -10,7 +10,7 @@ use crate::engine::{Pipeline, PipelineState};
 use crate::error::{Error, Result};
 use crate::output::Layout;
 use crate::position::Lsn;
-use crate::source::contract::{Progress, SnapshotRead, Source, WithSource};
+use crate::source::contract::{Ordering, Progress, SnapshotRead, Source, WithSource};
 use crate::source::snapshot::SnapshotMeta;
 use crate::store::Checkpoint;
 
@@ -34,6 +34,8 @@ impl Pipeline {
         &mut self,
         shutdown: watch::Receiver<bool>,
     ) -> Result<()> {
+        // One stream loop, one commit order: a per-shard source would need a loop per shard.
+        const { assert!(matches!(S::ORDERING, Ordering::Total)) };
         self.set_state(PipelineState::Connecting);
         let layout = Layout::new(&self.config.output.prefix, &self.config.pipeline);
         let cp = self.load_checkpoint().await?;

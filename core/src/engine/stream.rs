@@ -764,4 +764,57 @@ mod tests {
         }
         assert!(windows >= 15, "only {windows} crash points were hit");
     }
+
+    /// A stop (SIGTERM) in the middle of a transaction: what the loop holds is committed and
+    /// acknowledged before it returns, the ack never passes the committed position, and the
+    /// replay after it writes every row exactly once.
+    #[tokio::test]
+    async fn a_stop_inside_a_transaction_commits_and_the_replay_writes_each_row_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = pipeline(dir.path(), Failpoint::default(), Failpoint::default());
+        let (mut events, _) = script(&TXS);
+        events.truncate(events.len() - 2); // the last transaction's Commit and the keepalive
+        let stream = MemoryStream::new(events);
+        let acks = stream.acks();
+        let cp = p.load_checkpoint().await.unwrap();
+        let (tx, shutdown) = watch::channel(false);
+        let stop = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tx.send(true).unwrap();
+            tx
+        });
+        let settings = StreamSettings {
+            stop_at: None,
+            idle_save: Duration::from_secs(3600),
+        };
+        p.stream_changes(
+            stream,
+            cp,
+            PgPosition::default(),
+            Layout::new("", "t"),
+            shutdown,
+            settings,
+        )
+        .await
+        .unwrap();
+        drop(stop.await.unwrap());
+        let cp = p.store.load("t").await.unwrap().unwrap();
+        let Some(SourcePosition::Postgres(committed)) = cp.position else {
+            panic!("{cp:?}")
+        };
+        assert!(cp.intent.is_none(), "{cp:?}");
+        let acks = acks.lock().unwrap().clone();
+        assert_eq!(acks.last(), Some(&committed), "{acks:?}");
+        // Every complete transaction is durable.
+        assert!(committed.key() >= Lsn(300), "{committed}");
+        let written = output_rows(dir.path());
+        assert!(
+            written.iter().all(|r| expected(&TXS).contains(r)),
+            "{written:?}"
+        );
+
+        let (r, _) = run(&mut p, &TXS).await;
+        r.unwrap();
+        assert_eq!(output_rows(dir.path()), expected(&TXS));
+    }
 }

@@ -53,7 +53,9 @@ pub trait Source: Send + Sized {
     type Stream: ChangeStream<Self::Position>;
     type Snapshot: SnapshotRead;
 
+    /// The driver (`engine::run`) takes `Total` sources; it refuses others at compile time.
     const ORDERING: Ordering;
+    /// Whether a restart can re-read from the durable position.
     const RESUME: ResumeMode;
 
     /// Connects and checks what every run needs (PostgreSQL: `wal_level = logical`; binlog:
