@@ -142,12 +142,18 @@ const CRASHES: &[(&str, u32)] = &[
     (failpoint::POSITION_SAVED, 2),
 ];
 
-/// Runs the worker with `TIDEMARK_CRASH_AT=<point>:<n>` and waits for the abort (at most a
-/// minute: a point never reached fails the test instead of hanging it).
-fn run_until_crash(s: &Scenario, tables: &[&str], flags: &[&str], point: &str, n: u32) -> String {
+/// Runs the worker with `var=<point>:<n>` (`TIDEMARK_CRASH_AT` or `TIDEMARK_STOP_AT`) until
+/// it exits, at most a minute: a point never reached fails the test instead of hanging it.
+fn run_armed(
+    s: &Scenario,
+    tables: &[&str],
+    flags: &[&str],
+    var: &str,
+    (point, n): (&str, u32),
+) -> (std::process::ExitStatus, String) {
     let mut child = s
         .command("run", tables, flags)
-        .env("TIDEMARK_CRASH_AT", format!("{point}:{n}"))
+        .env(var, format!("{point}:{n}"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -157,11 +163,16 @@ fn run_until_crash(s: &Scenario, tables: &[&str], flags: &[&str], point: &str, n
         if Instant::now() > deadline {
             child.kill().unwrap();
             let (_, log) = harness::stderr_of(child);
-            panic!("{point}:{n} was never reached within a minute:\n{log}");
+            panic!("{var}={point}:{n}: no exit within a minute:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (status, log) = harness::stderr_of(child);
+    harness::stderr_of(child)
+}
+
+/// Runs the worker until it aborts at the `n`th pass of `point`.
+fn run_until_crash(s: &Scenario, tables: &[&str], flags: &[&str], point: &str, n: u32) -> String {
+    let (status, log) = run_armed(s, tables, flags, "TIDEMARK_CRASH_AT", (point, n));
     assert_eq!(
         status.signal(),
         Some(libc::SIGABRT),
@@ -171,22 +182,31 @@ fn run_until_crash(s: &Scenario, tables: &[&str], flags: &[&str], point: &str, n
     log
 }
 
-async fn crash_in_every_window(db: Db) {
-    let s = db.scenario("conf");
+/// A scenario with `table (id, v, payload)` of 3,000 rows, its qualified name, and the flags
+/// of a run that snapshots it in parts of `part_rows` and streams in small batches.
+async fn case(db: Db, prefix: &str, part_rows: u32) -> (Scenario, String, String, Vec<String>) {
+    let s = db.scenario(prefix);
     let table = format!("t_{}", s.name);
     db.versioned_table(&table, 3_000).await;
     let qualified = db.qualified(&table);
-    let tables = [qualified.as_str()];
-    let extra = db.flags();
-    let mut flags: Vec<&str> = vec![
+    let mut flags: Vec<String> = [
         "--snapshot-part-rows",
-        "500",
+        &part_rows.to_string(),
         "--flush-interval-ms",
         "100",
         "--max-batch-rows",
         "200",
-    ];
-    flags.extend(extra.iter().map(String::as_str));
+    ]
+    .map(String::from)
+    .to_vec();
+    flags.extend(db.flags());
+    (s, table, qualified, flags)
+}
+
+async fn crash_in_every_window(db: Db) {
+    let (s, table, qualified, flags) = case(db, "conf", 500).await;
+    let tables = [qualified.as_str()];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let writer = tokio::spawn(db.workload(table.clone(), 3_001, stop_rx));
@@ -223,26 +243,10 @@ every_source!(
     crash_in_every_window
 );
 
-/// Runs the worker with `TIDEMARK_STOP_AT=<point>:<n>` and waits (at most a minute) for it to
-/// stop on its own: exit 0, as after a SIGTERM.
+/// Runs the worker until it stops on its own after a stop requested at the `n`th pass of
+/// `point`: exit 0, as after a SIGTERM.
 fn run_until_stop(s: &Scenario, tables: &[&str], flags: &[&str], point: &str, n: u32) -> String {
-    let mut child = s
-        .command("run", tables, flags)
-        .env("TIDEMARK_STOP_AT", format!("{point}:{n}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tidemark");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let (_, log) = harness::stderr_of(child);
-            panic!("no stop within a minute of {point}:{n}:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (status, log) = harness::stderr_of(child);
+    let (status, log) = run_armed(s, tables, flags, "TIDEMARK_STOP_AT", (point, n));
     assert!(
         status.success(),
         "a stop requested at {point}:{n} must exit 0, got {status}:\n{log}"
@@ -252,21 +256,9 @@ fn run_until_stop(s: &Scenario, tables: &[&str], flags: &[&str], point: &str, n:
 }
 
 async fn graceful_stop(db: Db) {
-    let s = db.scenario("stop");
-    let table = format!("t_{}", s.name);
-    db.versioned_table(&table, 3_000).await;
-    let qualified = db.qualified(&table);
+    let (s, table, qualified, flags) = case(db, "stop", 300).await;
     let tables = [qualified.as_str()];
-    let extra = db.flags();
-    let mut flags: Vec<&str> = vec![
-        "--snapshot-part-rows",
-        "300",
-        "--flush-interval-ms",
-        "100",
-        "--max-batch-rows",
-        "200",
-    ];
-    flags.extend(extra.iter().map(String::as_str));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let writer = tokio::spawn(db.workload(table.clone(), 3_001, stop_rx));
 
