@@ -4,7 +4,7 @@
 //! # Data flow
 //!
 //! ```text
-//!  source (postgres, mysql)            engine                         output / store
+//!  source (postgres, mysql, hook)      engine                         output / store
 //!  ───────────────────────            ──────                         ──────────────
 //!  Source: open, prepare ──────────> engine::run (one driver)
 //!  SnapshotRead + TableCopier ─────> snapshot driver ── parts ─────> ObjectOutput (local dir, S3)

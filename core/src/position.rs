@@ -437,6 +437,48 @@ impl std::fmt::Display for BaselinePosition {
     }
 }
 
+/// A capture hook's position (`source::hook`): transaction `tx` (numbered from 1 by the hook), its first `rows` rows
+/// durable (`u64::MAX`: all), and `whole`, the last transaction durable whole. Ordered by
+/// `(tx, rows, whole)`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct HookPosition {
+    pub tx: u64,
+    pub rows: u64,
+    pub whole: u64,
+}
+
+impl HookPosition {
+    /// After the whole transaction `tx`.
+    pub fn after(tx: u64) -> Self {
+        HookPosition {
+            tx,
+            rows: u64::MAX,
+            whole: tx,
+        }
+    }
+}
+
+impl fmt::Display for HookPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.rows {
+            u64::MAX => write!(f, "tx {}", self.tx),
+            rows => write!(f, "tx {}+{rows} rows", self.tx),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

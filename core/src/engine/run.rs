@@ -40,6 +40,7 @@ impl Pipeline {
         let layout = Layout::new(&self.config.output.prefix, &self.config.pipeline);
         let cp = self.load_checkpoint().await?;
         let mut source = S::open(&self.config).await?;
+        let (cp, captured) = source.prepare(cp, self.store.as_ref()).await?;
         // Read once, at the first connect: a retry still stops where the run was asked to.
         if self.until_caught_up && self.caught_up_at.is_none() {
             self.caught_up_at = Some(Arc::new(source.write_position().await?));
@@ -49,7 +50,6 @@ impl Pipeline {
             .as_ref()
             .and_then(|p| p.downcast_ref::<Progress<S>>())
             .cloned();
-        let (cp, captured) = source.prepare(cp, self.store.as_ref()).await?;
         let mut cp = self.record_captured(cp, &captured).await?;
         source.captured().await?;
 

@@ -817,4 +817,63 @@ mod tests {
         r.unwrap();
         assert_eq!(output_rows(dir.path()), expected(&TXS));
     }
+
+    /// A push-only source through the one driver: the hook holds each transaction until the
+    /// engine says it is durable, so when a run fails (the third object write) the next run of
+    /// the process is handed the held transactions again and the output still has each row
+    /// exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_push_only_hook_is_replayed_from_what_it_holds_after_a_failed_run() {
+        use crate::source::hook::{Hook, HookRow, HookSource};
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = pipeline(dir.path(), Failpoint::at(3), Failpoint::default());
+        p.config.batch.flush_interval_ms = 50;
+        let hook = Hook::register("t", 2);
+        let producer = tokio::spawn({
+            let hook = hook.clone();
+            async move {
+                let mut id = 0;
+                for (i, n) in TXS.iter().enumerate() {
+                    let rows = (0..*n)
+                        .map(|_| {
+                            id += 1;
+                            HookRow {
+                                schema: schema(),
+                                op: Op::Insert,
+                                values: vec![Value::I64(id)],
+                            }
+                        })
+                        .collect();
+                    hook.commit(1_700_000_000_000_000 + i as i64, rows).await;
+                }
+            }
+        });
+        let (_tx, shutdown) = watch::channel(false);
+        let first = p.run_database::<HookSource>(shutdown).await;
+        assert!(first.is_err(), "the failed write ends the first run");
+
+        let (tx, shutdown) = watch::channel(false);
+        let (second, ()) = tokio::join!(p.run_database::<HookSource>(shutdown), async {
+            producer.await.unwrap();
+            hook.flushed().await;
+            tx.send(true).unwrap();
+        });
+        second.unwrap();
+        let mut want = Vec::new();
+        let mut id = 0;
+        for (i, n) in TXS.iter().enumerate() {
+            for ord in 0..*n {
+                id += 1;
+                want.push((Lsn(i as u64 + 1).sortable(), ord, id));
+            }
+        }
+        assert_eq!(output_rows(dir.path()), want);
+        let cp = p.store.load("t").await.unwrap().unwrap();
+        assert_eq!(
+            cp.position,
+            Some(SourcePosition::Hook(crate::position::HookPosition::after(
+                5
+            )))
+        );
+    }
 }

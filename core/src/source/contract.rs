@@ -2,8 +2,8 @@
 //! PostgreSQL and MySQL/MariaDB, in the order it asks. The stream itself is [`ChangeStream`]
 //! (events, cancel safety, `ack`); the snapshot's table copy is [`TableCopier`].
 //!
-//! A run is: [`Source::open`] → ([`Source::write_position`] for `--until-caught-up`) →
-//! [`Source::prepare`] → the engine records the captured set → [`Source::captured`] → when the
+//! A run is: [`Source::open`] → [`Source::prepare`] → ([`Source::write_position`] for
+//! `--until-caught-up`) → the engine records the captured set → [`Source::captured`] → when the
 //! checkpoint has no position, a snapshot ([`Source::begin_snapshot`] or, for an unfinished one
 //! the source [`can resume`](Source::can_resume), [`Source::resume_snapshot`]; the engine copies
 //! every table of [`Source::snapshot_tables`] from the [`SnapshotRead`] and records the snapshot done at

@@ -2,6 +2,7 @@
 
 pub mod capture;
 pub mod contract;
+pub mod hook;
 pub mod kinesis;
 pub mod memory;
 #[cfg(feature = "mysql")]

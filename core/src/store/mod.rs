@@ -36,6 +36,8 @@ pub enum SourcePosition {
     Kinesis(ShardPosition),
     /// The S3 baseline of a Kinesis pipeline (checkpoint [`baseline_checkpoint`]).
     Baseline(Box<crate::position::BaselinePosition>),
+    /// An in-process capture hook (`source::hook`).
+    Hook(crate::position::HookPosition),
 }
 
 /// The checkpoint name of one Kinesis shard of `pipeline`: `<pipeline>#shard#<shard id>`.
@@ -83,6 +85,7 @@ impl SourcePosition {
             (SourcePosition::Mysql(a), SourcePosition::Mysql(b)) => Some(a.cmp(b)),
             (SourcePosition::Kinesis(a), SourcePosition::Kinesis(b)) => a.partial_cmp(b),
             (SourcePosition::Baseline(a), SourcePosition::Baseline(b)) => a.partial_cmp(b),
+            (SourcePosition::Hook(a), SourcePosition::Hook(b)) => Some(a.cmp(b)),
             _ => None,
         }
     }
@@ -103,6 +106,7 @@ impl std::fmt::Display for SourcePosition {
             SourcePosition::Mysql(p) => write!(f, "mysql {p}"),
             SourcePosition::Kinesis(p) => write!(f, "kinesis {p}"),
             SourcePosition::Baseline(p) => write!(f, "baseline {p}"),
+            SourcePosition::Hook(p) => write!(f, "hook {p}"),
         }
     }
 }
