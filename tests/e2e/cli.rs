@@ -356,13 +356,8 @@ async fn health_check_and_embedded_metric_lines() {
         .stderr(std::fs::File::create(s.out().with_file_name("worker.log")).unwrap())
         .spawn()
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    c.batch_execute(&format!(
-        "insert into {t} select g from generate_series(2, 100) g"
-    ))
-    .await
-    .unwrap();
-    // Streaming within 30 s (a loaded machine takes longer than the usual 2 s).
+    // Streaming within 30 s, before the insert: rows inserted earlier could land in the
+    // snapshot, which has no batch metrics.
     let mut said = health();
     for _ in 0..60 {
         if (said.0, said.1.trim()) == (0, "healthy: Streaming") {
@@ -373,6 +368,11 @@ async fn health_check_and_embedded_metric_lines() {
     }
     let (code, out, _) = said;
     assert_eq!((code, out.trim()), (0, "healthy: Streaming"));
+    c.batch_execute(&format!(
+        "insert into {t} select g from generate_series(2, 100) g"
+    ))
+    .await
+    .unwrap();
     // The 99 changes committed (so their metric lines are out) before the stop.
     for _ in 0..60 {
         if s.output_rows(&q, "id").len() == 100 {

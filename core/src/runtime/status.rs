@@ -130,22 +130,29 @@ pub async fn status(cfg: &Config) -> Result<Status> {
         .await?
         .filter(|l| l.expires_at_ms > store::now_ms());
     let report = StatusFile::read(&state_dir(cfg)?, &cfg.pipeline)?;
-    let (source, source_error) = match with_source(cfg, Probe(cfg, cp.as_ref())).await {
-        Ok(s) => (s, None),
-        Err(e) => (SourceStatus::default(), Some(e.one_line())),
+    let mut source = match with_source(cfg, Probe(cfg, cp.as_ref())).await {
+        Ok(s) => s,
+        Err(e) => SourceStatus {
+            unreachable: Some(e.one_line()),
+            ..SourceStatus::default()
+        },
     };
+    let source_error = source.unreachable.take();
     let now_us = store::now_ms() * 1000;
     let lag_seconds = match (source.lag_bytes, cp.as_ref().and_then(|c| c.last_commit_ts)) {
         (Some(lag), Some(ts)) if lag > 0 => Some(((now_us - ts).max(0) as f64) / 1e6),
         (Some(_), Some(_)) => Some(0.0),
         _ => None,
     };
-    // A live reader or lease means a worker runs (on another machine when there is no local
-    // status file); the local status file then says what it is doing.
+    // A worker runs when the source sees its reader, or, where the source cannot tell, when
+    // the lease is live; the local status file (unless it is an earlier run's) says what the
+    // worker does. A live lease alone still means RUNNING.
     let running = source.reading == Some(true) || (source.reading.is_none() && lease.is_some());
     let state = match &report {
         Some(r) if r.state == PipelineState::Error => "ERROR".into(),
-        Some(r) if running => format!("{:?}", r.state).to_uppercase(),
+        Some(r) if running && r.state != PipelineState::Stopped => {
+            format!("{:?}", r.state).to_uppercase()
+        }
         _ if running || lease.is_some() => "RUNNING".into(),
         _ if cp.as_ref().is_some_and(|c| c.position.is_some()) => "STOPPED".into(),
         _ => "NEW".into(),

@@ -83,7 +83,15 @@ impl ParquetBatch {
         }
         .ok_or_else(|| crate::Error::fatal("batch builder missing for its key"))?;
         let before = open.builder.approx_bytes();
-        open.builder.push(meta, values)?;
+        if let Err(e) = open.builder.push(meta, values) {
+            // A builder that holds nothing is not left behind to count as a schema version.
+            if open.builder.is_empty()
+                && let Some((_, _, key)) = self.last_key.take()
+            {
+                self.open.remove(&key);
+            }
+            return Err(e);
+        }
         let after = open.builder.approx_bytes();
         open.first
             .get_or_insert_with(|| (mark.0.to_string(), mark.1));

@@ -136,9 +136,9 @@ pub trait Source: Send + Sized {
         release: bool,
     ) -> impl Future<Output = Result<Vec<String>>> + Send;
 
-    /// `tidemark status`: how far the server has written beyond `cp`'s durable position and
-    /// whether a reader holds the source now. Reads only; an error means the source could not
-    /// be reached (status reports it and goes on).
+    /// `tidemark status`: how far the server has written beyond what the pipeline made
+    /// durable, and whether a reader holds the source now. Reads only. A source that cannot
+    /// be reached says so in [`SourceStatus::unreachable`] (or by an error) and status goes on.
     fn status(
         config: &Config,
         cp: Option<&Checkpoint>,
@@ -164,6 +164,8 @@ pub struct SourceStatus {
     pub fields: serde_json::Map<String, serde_json::Value>,
     /// The same, as `label  value` lines of the text status.
     pub lines: Vec<(String, String)>,
+    /// Why the source could not be asked, when it could not.
+    pub unreachable: Option<String>,
 }
 
 /// Work run against the database source a config names ([`with_source`]).

@@ -257,7 +257,6 @@ pub async fn run(
     Ok(out)
 }
 
-/// The current write position ([`ServerInfo::binlog_status_sql`]).
 /// `SHOW BINARY LOGS`: every binlog file the server keeps, oldest first, with its size.
 pub async fn binary_logs(conn: &mut Conn) -> Result<Vec<(String, u64)>> {
     // Rows, not tuples: the column count differs by server (MySQL 8 adds `Encrypted`).
@@ -282,6 +281,7 @@ pub fn bytes_after(logs: &[(String, u64)], from: &BinlogCoord) -> Option<u64> {
     Some(written.saturating_sub(from.pos))
 }
 
+/// The current write position ([`ServerInfo::binlog_status_sql`]).
 pub async fn current_position(conn: &mut Conn, server: &ServerInfo) -> Result<BinlogCoord> {
     let sql = server.binlog_status_sql();
     let row: Option<mysql_async::Row> = conn.query_first(sql).await?;

@@ -268,10 +268,12 @@ impl Source for MysqlSource {
         let mut conn = connect::sql_connect(&src).await?;
         let server = connect::server_info(&mut conn).await?;
         let written = check::current_position(&mut conn, &server).await?;
+        // Without the privilege to list the binary logs, the lag is unknown, not an error.
         let lag_bytes = match cp.and_then(|c| c.position.as_ref()) {
-            Some(SourcePosition::Mysql(p)) => {
-                check::bytes_after(&check::binary_logs(&mut conn).await?, &p.resume)
-            }
+            Some(SourcePosition::Mysql(p)) => check::binary_logs(&mut conn)
+                .await
+                .ok()
+                .and_then(|logs| check::bytes_after(&logs, &p.resume)),
             _ => None,
         };
         Ok(SourceStatus {
@@ -282,6 +284,7 @@ impl Source for MysqlSource {
                 written.to_string().into(),
             )]),
             lines: vec![("binlog written".to_string(), written.to_string())],
+            unreachable: None,
         })
     }
 

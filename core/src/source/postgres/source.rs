@@ -310,7 +310,8 @@ impl Source for PostgresSource {
         })
     }
 
-    /// While the slot lives: it still holds the changes since the snapshot's consistent point.
+    /// While the slot lives (as `prepare` found it): it still holds the changes since the
+    /// snapshot's consistent point.
     async fn can_resume(&mut self, _progress: &SnapshotProgress) -> Result<bool> {
         Ok(self.slot_info.is_some())
     }
@@ -330,7 +331,8 @@ impl Source for PostgresSource {
         store.save(cp.expected(), &pending, None).await?;
         let cp = pending;
         let slot = self.slot.clone();
-        let exists = self.slot_info.is_some();
+        // Read again before dropping: someone may have dropped it since `prepare`.
+        let exists = catalog::slot_info(&self.sql, &slot).await?.is_some();
         let repl = self.repl()?;
         if exists {
             repl.drop_slot(&slot).await?;
@@ -467,11 +469,18 @@ impl Source for PostgresSource {
         )])
     }
 
+    /// Lag from the slot's confirmed point; the slot's fields (null when the server cannot
+    /// be reached or the slot is missing) are always in the document.
     async fn status(config: &Config, cp: Option<&Checkpoint>) -> Result<SourceStatus> {
         let (slot, _) = slot_names(config, cp);
         let pg = connect::source_settings(&config.source)?;
-        let client = connect::sql_connect(&pg, "tidemark-status").await?;
-        let info = catalog::slot_info(&client, &slot).await?;
+        let (info, unreachable) = match connect::sql_connect(&pg, "tidemark-status").await {
+            Ok(client) => match catalog::slot_info(&client, &slot).await {
+                Ok(info) => (info, None),
+                Err(e) => (None, Some(e.one_line())),
+            },
+            Err(e) => (None, Some(e.one_line())),
+        };
         let of = |f: fn(&catalog::SlotInfo) -> serde_json::Value| {
             info.as_ref().map(f).unwrap_or(serde_json::Value::Null)
         };
@@ -494,13 +503,14 @@ impl Source for PostgresSource {
             ("slot_wal_status".to_string(), wal_status),
         ]);
         Ok(SourceStatus {
+            // A slot that never confirmed anything lags by nothing it was sent.
             lag_bytes: info
                 .as_ref()
-                .and_then(|i| i.ack_lag_bytes)
-                .map(|b| b.max(0) as u64),
+                .map(|i| i.ack_lag_bytes.unwrap_or(0).max(0) as u64),
             reading: info.as_ref().map(|i| i.active_pid.is_some()),
             fields,
             lines: vec![("slot".to_string(), line)],
+            unreachable,
         })
     }
 
