@@ -96,6 +96,18 @@ impl Db {
         }
     }
 
+    /// Runs `sql` (one statement) on the source.
+    async fn exec(self, sql: &str) {
+        match self {
+            Db::Postgres => harness::sql()
+                .await
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{e}\nSQL: {sql}")),
+            Db::My(server) => my::exec(&mut server.conn().await, sql).await,
+        }
+    }
+
     async fn cleanup(self, s: &Scenario, table: &str) {
         match self {
             Db::Postgres => {
@@ -297,3 +309,52 @@ async fn graceful_stop(db: Db) {
 }
 
 every_source!(graceful_stop_then_exactly_once, graceful_stop);
+
+/// A column added while the pipeline streams: the rows after it carry the column, the rows
+/// before it read as NULL through the same table (Athena's and DuckDB's union by name), and
+/// each row is still there once.
+async fn added_column(db: Db) {
+    let (s, table, qualified, flags) = case(db, "ddl", 500).await;
+    let tables = [qualified.as_str()];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    tokio::task::block_in_place(|| s.run_caught_up_with(&tables, &flags));
+
+    db.exec(&format!("ALTER TABLE {table} ADD COLUMN extra INT"))
+        .await;
+    db.exec(&format!(
+        "INSERT INTO {table} (id, v, payload, extra) VALUES (3001, 0, 'a', 6002), (3002, 0, 'b', 6004)"
+    ))
+    .await;
+    db.exec(&format!(
+        "UPDATE {table} SET v = v + 1, extra = 7 WHERE id = 1"
+    ))
+    .await;
+    tokio::task::block_in_place(|| s.run_caught_up_with(&tables, &flags));
+
+    let rows = s.output_rows(&qualified, "id, extra, _op");
+    let of = |id: i64| -> Vec<(Option<i64>, String)> {
+        rows.iter()
+            .filter(|r| r["id"].as_i64() == Some(id))
+            .map(|r| {
+                (
+                    r["extra"].as_i64(),
+                    r["_op"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(of(3001), [(Some(6002), "I".to_string())], "{rows:?}");
+    assert_eq!(of(3002), [(Some(6004), "I".to_string())], "{rows:?}");
+    assert_eq!(
+        of(1),
+        [(None, "R".to_string()), (Some(7), "U".to_string())],
+        "{rows:?}"
+    );
+    assert_eq!(of(2), [(None, "R".to_string())], "{rows:?}");
+    let checked = assert_exactly_once_against(&s, &qualified, &db.versions(&table).await);
+    // 3,000 snapshot rows, two inserts and one update.
+    assert_eq!(checked, 3_003);
+    db.cleanup(&s, &table).await;
+}
+
+every_source!(added_column_then_exactly_once, added_column);
