@@ -6,7 +6,7 @@
 //! ```text
 //!  source (postgres, mysql, hook)      engine                         output / store
 //!  ───────────────────────            ──────                         ──────────────
-//!  Source: open, prepare ──────────> engine::run (one driver)
+//!  TotalSource: open, prepare ─────> engine::run (one driver)
 //!  SnapshotRead + TableCopier ─────> snapshot driver ── parts ─────> ObjectOutput (local dir, S3)
 //!  ChangeStream ─ Begin/Rows/...     stream loop: ChangeSink buffer   │
 //!     Commit/Progress ────────────>   encode off-task, N in flight    │ intent → objects → commit
@@ -14,13 +14,16 @@
 //!                                     (sink::parquet, or sink::kinesis)
 //!  Kinesis shard records ──────────> engine::shard (apply per shard) ─> the same protocol
 //!  S3 baseline version ────────────> engine::baseline ────────────────> snapshot parts + position
+//!
+//!  Source (every source, Kinesis with its baseline too): position, ordering, resume mode,
+//!  check, reset, status ─────────────> runtime (tidemark check / reset / status)
 //! ```
 //!
 //! A position moves only after the Parquet it covers is durable ([`engine::commit_batch`]); a
 //! restart replays from it and skips what it covers, so the output holds each row once.
 //! [`failpoint`] aborts the process at each window of that protocol, for the end-to-end tests.
 //!
-//! The contracts: [`source::Source`] (with [`source::SnapshotRead`],
+//! The contracts: [`source::Source`], [`source::TotalSource`] (with [`source::SnapshotRead`],
 //! [`source::snapshot::TableCopier`], [`source::stream::ChangeStream`]),
 //! [`sink::ChangeSink`] (with [`sink::ChangeBuffer`]), [`output::ObjectOutput`],
 //! [`store::PositionStore`]; one AWS error classifier,

@@ -254,3 +254,100 @@ async fn baselines_are_snapshots_per_version_forward_only_and_cover_earlier_reco
         "records at or before the watermark are covered"
     );
 }
+
+/// `tidemark check`, `status` and `reset` of a Kinesis pipeline go through its source's
+/// contract: check lists the shards and reaches the store and output, status shows the
+/// composite position (baseline, a line per shard), reset forgets every shard's position and
+/// the baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_status_and_reset_cover_every_shard_and_the_baseline() {
+    let k = kinesis().await;
+    let name = stream(&k, "e2e-reset", 2).await;
+    let s = KinesisStream::open(&name).await.unwrap();
+    let lake = Lake::new("reset").await;
+    let bucket = env("TIDEMARK_S3_BUCKET");
+    let key = format!("{}/items.jsonl", unique("reset"));
+    let mut h = History::new();
+    put_all(&s, (1..=30).map(|i| h.change(i)).collect()).await;
+    let v1 = put_version(
+        &key,
+        "{\"id\": 1, \"v\": 0}\n",
+        &[("tidemark-watermark", "2000-01-01T00:00:00Z".to_string())],
+    )
+    .await;
+    baseline(&lake, &name, &format!("s3://{bucket}/{key}"), &v1);
+    lake.lambda_local(&name, &["--batch-size", "100"]);
+
+    let cli = |cmd: &str, extra: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args([cmd, "--source-url"])
+            .arg(format!("kinesis://{name}"))
+            .args([
+                "--pipeline",
+                &lake.pipeline,
+                "--output",
+                &lake.output,
+                "--positions",
+                &lake.positions,
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{cmd}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+
+    let check = cli("check", &[]);
+    assert!(
+        check.contains(&format!("{name} has 2 shards (2 open)")),
+        "{check}"
+    );
+    assert!(
+        check.contains("positions") && check.contains("output"),
+        "{check}"
+    );
+
+    let before = shard_positions(&lake, &name);
+    assert_eq!(before["pipeline"], lake.pipeline.as_str(), "{before:#}");
+    assert_eq!(before["baseline"]["version_id"], v1.as_str(), "{before:#}");
+    let shards = before["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 2, "{before:#}");
+    assert!(
+        shards.iter().all(|s| s["sequence"].is_string()),
+        "{before:#}"
+    );
+    let text = cli("status", &[]);
+    assert!(
+        text.starts_with(&format!(
+            "pipeline  {}\nstream    {name}\nbaseline  {{",
+            lake.pipeline
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("shard     ")).count(),
+        2,
+        "{text}"
+    );
+
+    let said = cli("reset", &["--yes"]);
+    assert!(
+        said.contains("2 shard positions and the baseline forgotten"),
+        "{said}"
+    );
+    let after = shard_positions(&lake, &name);
+    assert!(after["baseline"].is_null(), "{after:#}");
+    assert!(
+        after["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["sequence"].is_null()),
+        "{after:#}"
+    );
+}

@@ -233,24 +233,25 @@ impl Pipeline {
                 pipeline: self,
                 shutdown,
             };
-            crate::source::contract::with_source(&config, work).await
+            crate::source::contract::with_total_source(&config, work).await
         }
         #[cfg(not(any(feature = "postgres", feature = "mysql")))]
         {
             let _ = shutdown;
-            crate::source::contract::with_source(&self.config, NoSource).await
+            crate::source::contract::with_total_source(&self.config, NoSource).await
         }
     }
 }
 
-/// Without a database source feature, `with_source` only reports which feature is missing.
+/// Without a database source feature, `with_total_source` only reports which feature is
+/// missing.
 #[cfg(not(any(feature = "postgres", feature = "mysql")))]
 struct NoSource;
 
 #[cfg(not(any(feature = "postgres", feature = "mysql")))]
-impl crate::source::contract::WithSource for NoSource {
+impl crate::source::contract::WithTotalSource for NoSource {
     type Output = ();
-    async fn run<S: crate::source::Source>(self) -> Result<()> {
+    async fn run<S: crate::source::TotalSource>(self) -> Result<()> {
         Ok(())
     }
 }

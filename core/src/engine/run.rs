@@ -10,7 +10,7 @@ use crate::engine::{Pipeline, PipelineState};
 use crate::error::{Error, Result};
 use crate::output::Layout;
 use crate::position::Lsn;
-use crate::source::contract::{Ordering, Progress, SnapshotRead, Source, WithSource};
+use crate::source::contract::{Ordering, Progress, SnapshotRead, TotalSource, WithTotalSource};
 use crate::source::snapshot::SnapshotMeta;
 use crate::store::Checkpoint;
 
@@ -20,9 +20,9 @@ pub(super) struct RunDatabase<'a> {
     pub shutdown: watch::Receiver<bool>,
 }
 
-impl WithSource for RunDatabase<'_> {
+impl WithTotalSource for RunDatabase<'_> {
     type Output = ();
-    async fn run<S: Source>(self) -> Result<()> {
+    async fn run<S: TotalSource>(self) -> Result<()> {
         self.pipeline.run_database::<S>(self.shutdown).await
     }
 }
@@ -30,7 +30,7 @@ impl WithSource for RunDatabase<'_> {
 impl Pipeline {
     /// Runs source `S` until `shutdown` (or `--until-caught-up`): prepares it, takes or resumes
     /// the snapshot when the checkpoint has no position, then streams from the durable one.
-    pub(super) async fn run_database<S: Source>(
+    pub(super) async fn run_database<S: TotalSource>(
         &mut self,
         shutdown: watch::Receiver<bool>,
     ) -> Result<()> {
@@ -78,7 +78,7 @@ impl Pipeline {
     /// are copied there, with skip rules for their changes before that read). Returns the
     /// checkpoint positioned where the stream starts; `None` when `shutdown` stopped it first
     /// (what is durable stays, and the next run resumes from it).
-    async fn snapshot<S: Source>(
+    async fn snapshot<S: TotalSource>(
         &mut self,
         source: &mut S,
         cp: Checkpoint,

@@ -28,6 +28,7 @@ use crate::output::{Layout, ObjectOutput};
 use crate::position::{SeqNo, ShardPosition};
 use crate::sink::ChangeBuffer;
 use crate::sink::parquet::{Naming, ParquetBatch};
+use crate::source::kinesis::source::KinesisSource;
 use crate::store::{
     Checkpoint, PositionStore, SourcePosition, baseline_checkpoint, shard_checkpoint,
 };
@@ -84,15 +85,7 @@ impl ShardIngest {
     pub async fn position(&self, shard: &str) -> Result<(Checkpoint, Option<ShardPosition>)> {
         let name = shard_checkpoint(&self.pipeline, shard);
         let cp = load_and_recover(self.store.as_ref(), self.output.as_ref(), &name).await?;
-        let pos = match &cp.position {
-            None => None,
-            Some(SourcePosition::Kinesis(p)) => Some(p.clone()),
-            Some(other) => {
-                return Err(Error::config(format!(
-                    "checkpoint {name:?} holds a {other} position, not a Kinesis shard's: use another pipeline name"
-                )));
-            }
-        };
+        let pos = KinesisSource::shard_position(&cp)?;
         Ok((cp, pos))
     }
 

@@ -1,12 +1,12 @@
 //! What a process around the engine needs: the supervisor (retry, backoff, standby, stop
 //! timeout), signals, and the `status`, `check` and `reset` commands, for every source.
 
-#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "aws"))]
 pub mod check;
-#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "aws"))]
 pub mod reset;
 pub mod signal;
-#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "aws"))]
 pub mod status;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod supervisor;

@@ -1,5 +1,5 @@
 //! `tidemark status`: where a pipeline stands, from its checkpoint, lease, status file and the
-//! source (slot lag, shard positions).
+//! source (slot lag, binlog lag, shard positions).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -8,13 +8,17 @@ use crate::config::Config;
 use crate::engine::{PipelineState, StatusFile};
 use crate::error::{Error, Result};
 use crate::source::Source;
-use crate::source::contract::{SourceStatus, WithSource, with_source};
-use crate::store::{self, Checkpoint};
+use crate::source::contract::{Ordering, SourceStatus, WithSource, with_source};
+use crate::store::{self, Checkpoint, PositionStore};
 
 /// A pipeline's status: as JSON (`--json`) or as text lines (`Display`).
 pub enum Status {
-    #[cfg(feature = "aws")]
-    Kinesis(crate::source::kinesis::status::Composite),
+    /// A source ordered per shard: the source's document and lines alone (positions, leases
+    /// and lag are per shard).
+    PerShard {
+        doc: serde_json::Value,
+        lines: Vec<(String, String)>,
+    },
     Database {
         doc: serde_json::Value,
         /// The source's own lines (`label`, value), after the position.
@@ -25,9 +29,7 @@ pub enum Status {
 impl Status {
     pub fn to_json(&self) -> serde_json::Value {
         match self {
-            #[cfg(feature = "aws")]
-            Status::Kinesis(doc) => serde_json::to_value(doc).unwrap_or_default(),
-            Status::Database { doc, .. } => doc.clone(),
+            Status::PerShard { doc, .. } | Status::Database { doc, .. } => doc.clone(),
         }
     }
 }
@@ -35,26 +37,10 @@ impl Status {
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            #[cfg(feature = "aws")]
-            Status::Kinesis(doc) => {
-                writeln!(f, "pipeline  {}", doc.pipeline)?;
-                writeln!(f, "stream    {}", doc.stream)?;
-                match &doc.baseline {
-                    Some(b) => writeln!(f, "baseline  {b}")?,
-                    None => writeln!(f, "baseline  none")?,
-                }
-                for s in &doc.shards {
-                    writeln!(
-                        f,
-                        "shard     {}  seq {}{}  behind {}  lease {}",
-                        s.shard,
-                        s.sequence.as_deref().unwrap_or("-"),
-                        if s.finished { " (finished)" } else { "" },
-                        s.millis_behind_latest
-                            .map(|m| format!("{m} ms"))
-                            .unwrap_or_else(|| "?".into()),
-                        s.lease_owner.as_deref().unwrap_or("-"),
-                    )?;
+            Status::PerShard { doc, lines } => {
+                writeln!(f, "pipeline  {}", doc["pipeline"].as_str().unwrap_or("-"))?;
+                for (label, value) in lines {
+                    writeln!(f, "{label:<9} {value}")?;
                 }
                 Ok(())
             }
@@ -116,21 +102,24 @@ pub fn state_dir(cfg: &Config) -> Result<PathBuf> {
 /// (`source_error`), not as an error.
 pub async fn status(cfg: &Config) -> Result<Status> {
     let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
-    #[cfg(feature = "aws")]
-    if let Some(stream) = cfg.kinesis_stream() {
-        use crate::source::kinesis::{client::KinesisStream, status::composite};
-        let stream = KinesisStream::open(stream).await?;
-        return Ok(Status::Kinesis(
-            composite(store.as_ref(), &stream, &cfg.pipeline).await?,
-        ));
-    }
     let cp = store.load(&cfg.pipeline).await?;
+    let (ordering, probed) = with_source(cfg, Probe(cfg, store.as_ref(), cp.as_ref())).await?;
+    if ordering == Ordering::PerShard {
+        let source = probed?;
+        let mut doc =
+            serde_json::Map::from_iter([("pipeline".to_string(), cfg.pipeline.clone().into())]);
+        doc.extend(source.fields);
+        return Ok(Status::PerShard {
+            doc: doc.into(),
+            lines: source.lines,
+        });
+    }
     let lease = store
         .lease(&cfg.pipeline)
         .await?
         .filter(|l| l.expires_at_ms > store::now_ms());
     let report = StatusFile::read(&state_dir(cfg)?, &cfg.pipeline)?;
-    let mut source = match with_source(cfg, Probe(cfg, cp.as_ref())).await {
+    let mut source = match probed {
         Ok(s) => s,
         Err(e) => SourceStatus {
             unreachable: Some(e.one_line()),
@@ -181,11 +170,12 @@ pub async fn status(cfg: &Config) -> Result<Status> {
     })
 }
 
-struct Probe<'a>(&'a Config, Option<&'a Checkpoint>);
+struct Probe<'a>(&'a Config, &'a dyn PositionStore, Option<&'a Checkpoint>);
 
 impl WithSource for Probe<'_> {
-    type Output = SourceStatus;
-    async fn run<S: Source>(self) -> Result<SourceStatus> {
-        S::status(self.0, self.1).await
+    /// The source's ordering, and its status or why it could not be asked.
+    type Output = (Ordering, Result<SourceStatus>);
+    async fn run<S: Source>(self) -> Result<Self::Output> {
+        Ok((S::ORDERING, S::status(self.0, self.1, self.2).await))
     }
 }

@@ -1,17 +1,27 @@
-//! The database source contract: what the engine's one driver (`engine::run`) asks of
-//! PostgreSQL and MySQL/MariaDB, in the order it asks. The stream itself is [`ChangeStream`]
-//! (events, cancel safety, `ack`); the snapshot's table copy is [`TableCopier`].
+//! The source contracts.
 //!
-//! A run is: [`Source::open`] → [`Source::prepare`] → ([`Source::write_position`] for
-//! `--until-caught-up`) → the engine records the captured set → [`Source::captured`] → when the
-//! checkpoint has no position, a snapshot ([`Source::begin_snapshot`] or, for an unfinished one
-//! the source [`can resume`](Source::can_resume), [`Source::resume_snapshot`]; the engine copies
-//! every table of [`Source::snapshot_tables`] from the [`SnapshotRead`] and records the snapshot done at
-//! [`Source::stream_start`]) → [`Source::stream`] from the durable position. Any step may fail;
-//! the engine then drops the source and a later run starts over at `open`, so no step may leave
-//! the checkpoint inconsistent: what a step saves, it saves with the store's conditional write
-//! before acting on it.
+//! [`Source`] is what every source answers, however it is driven: its position type, its
+//! ordering and resume mode, and `tidemark check`, `reset` and `status`. PostgreSQL,
+//! MySQL/MariaDB, the in-process hook and the Kinesis stream with its S3 baseline implement
+//! it; [`with_source`] is the one place a config's source is chosen.
+//!
+//! [`TotalSource`] is what the engine's one driver (`engine::run`) asks of a totally ordered
+//! source (PostgreSQL, MySQL/MariaDB, the hook), in the order it asks. The stream itself is
+//! [`ChangeStream`] (events, cancel safety, `ack`); the snapshot's table copy is
+//! [`TableCopier`].
+//!
+//! A run is: [`TotalSource::open`] → [`TotalSource::prepare`] → ([`TotalSource::write_position`]
+//! for `--until-caught-up`) → the engine records the captured set → [`TotalSource::captured`]
+//! → when the checkpoint has no position, a snapshot ([`TotalSource::begin_snapshot`] or, for
+//! an unfinished one the source [`can resume`](TotalSource::can_resume),
+//! [`TotalSource::resume_snapshot`]; the engine copies every table of
+//! [`TotalSource::snapshot_tables`] from the [`SnapshotRead`] and records the snapshot done at
+//! [`TotalSource::stream_start`]) → [`TotalSource::stream`] from the durable position. Any step
+//! may fail; the engine then drops the source and a later run starts over at `open`, so no step
+//! may leave the checkpoint inconsistent: what a step saves, it saves with the store's
+//! conditional write before acting on it.
 
+use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
@@ -47,16 +57,58 @@ pub enum ResumeMode {
 /// How far a source's server has written.
 pub type Progress<S> = <<S as Source>::Position as StreamPosition>::Progress;
 
-/// A database source: PostgreSQL logical replication, a MySQL/MariaDB binlog.
+/// What every source answers: PostgreSQL logical replication, a MySQL/MariaDB binlog, the
+/// in-process hook, a Kinesis stream with its S3 baseline.
 pub trait Source: Send + Sized {
-    type Position: StreamPosition;
-    type Stream: ChangeStream<Self::Position>;
-    type Snapshot: SnapshotRead;
+    /// Where a restart resumes. `PartialOrd`: a later position covers every row an earlier one
+    /// covers; two positions of different sequences (two shards) do not compare, so the
+    /// minimum across several consumers is taken per sequence.
+    type Position: Clone + PartialOrd + fmt::Display + Send + Sync + 'static;
 
     /// The driver (`engine::run`) takes `Total` sources; it refuses others at compile time.
     const ORDERING: Ordering;
     /// Whether a restart can re-read from the durable position.
     const RESUME: ResumeMode;
+
+    /// This source's position in `cp` (for a per-shard source, a shard's checkpoint); a
+    /// checkpoint of another kind of source is an error that says what to do.
+    fn position(cp: &Checkpoint) -> Result<Self::Position>;
+
+    /// `tidemark check`: what a run needs from this source, as findings; each finding that
+    /// would make a run fail says what to do. `cp` is the pipeline's stored checkpoint, if
+    /// any, in `store`. Changes nothing.
+    fn check(
+        config: &Config,
+        store: &dyn PositionStore,
+        cp: Option<&Checkpoint>,
+    ) -> impl Future<Output = Result<Vec<Finding>>> + Send;
+
+    /// `tidemark reset`, after the pipeline's checkpoint `cp` is deleted from `store`: deletes
+    /// the source's other checkpoints (a stream's shard positions) and, with `release`, drops
+    /// what the source keeps for the pipeline (PostgreSQL: its slot and publication). Returns
+    /// what it did, a line each. Idempotent.
+    fn reset(
+        config: &Config,
+        store: &dyn PositionStore,
+        cp: Option<&Checkpoint>,
+        release: bool,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// `tidemark status`: how far the server has written beyond what the pipeline made
+    /// durable, and whether a reader holds the source now. Reads only. A source that cannot
+    /// be reached says so in [`SourceStatus::unreachable`] (or by an error) and status goes on.
+    fn status(
+        config: &Config,
+        store: &dyn PositionStore,
+        cp: Option<&Checkpoint>,
+    ) -> impl Future<Output = Result<SourceStatus>> + Send;
+}
+
+/// A totally ordered source, run by the engine's one driver: one stream in commit order and a
+/// consistent snapshot (PostgreSQL, MySQL/MariaDB, the hook).
+pub trait TotalSource: Source<Position: StreamPosition> {
+    type Stream: ChangeStream<Self::Position>;
+    type Snapshot: SnapshotRead;
 
     /// Connects and checks what every run needs (PostgreSQL: `wal_level = logical`; binlog:
     /// `binlog_format = ROW`). The error says what to change.
@@ -112,37 +164,9 @@ pub trait Source: Send + Sized {
     /// Where the stream starts once `progress`'s snapshot is done.
     fn stream_start(progress: &SnapshotProgress) -> Option<SourcePosition>;
 
-    /// This source's position in `cp`; a checkpoint of another kind of source is an error.
-    fn position(cp: &Checkpoint) -> Result<Self::Position>;
-
     /// How long a position that moved without rows (idle keepalives, other tables' changes)
     /// waits before it is saved and acknowledged.
     fn idle_save(config: &Config) -> Duration;
-
-    /// `tidemark check`: what a run needs from this source, as findings; each finding that
-    /// would make a run fail says what to do. `cp` is the stored checkpoint, if any.
-    /// Changes nothing.
-    fn check(
-        config: &Config,
-        cp: Option<&Checkpoint>,
-    ) -> impl Future<Output = Result<Vec<Finding>>> + Send;
-
-    /// `tidemark reset`, after the checkpoint `cp` is deleted: with `release`, drops what the
-    /// source keeps for the pipeline (PostgreSQL: its slot and publication). Returns what it
-    /// did, a line each. Idempotent.
-    fn reset(
-        config: &Config,
-        cp: Option<&Checkpoint>,
-        release: bool,
-    ) -> impl Future<Output = Result<Vec<String>>> + Send;
-
-    /// `tidemark status`: how far the server has written beyond what the pipeline made
-    /// durable, and whether a reader holds the source now. Reads only. A source that cannot
-    /// be reached says so in [`SourceStatus::unreachable`] (or by an error) and status goes on.
-    fn status(
-        config: &Config,
-        cp: Option<&Checkpoint>,
-    ) -> impl Future<Output = Result<SourceStatus>> + Send;
 
     /// Starts the stream at `from`, the durable position of `cp`.
     fn stream(
@@ -168,15 +192,51 @@ pub struct SourceStatus {
     pub unreachable: Option<String>,
 }
 
-/// Work run against the database source a config names ([`with_source`]).
+/// Work run against the source a config names ([`with_source`]).
 pub trait WithSource {
     type Output;
     fn run<S: Source>(self) -> impl Future<Output = Result<Self::Output>> + Send;
 }
 
-/// Runs `work` with the source type `config` names (MySQL/MariaDB URLs, else PostgreSQL); the
-/// one place a source is chosen. An error when this build lacks that source's feature.
+/// Work that drives the totally ordered source a config names ([`with_total_source`]).
+pub trait WithTotalSource {
+    type Output;
+    fn run<S: TotalSource>(self) -> impl Future<Output = Result<Self::Output>> + Send;
+}
+
+/// Runs `work` with the source type `config` names: `kinesis://` streams, else the database
+/// sources of [`with_total_source`]. An error when this build lacks that source's feature.
 pub async fn with_source<W: WithSource>(config: &Config, work: W) -> Result<W::Output> {
+    #[cfg(feature = "aws")]
+    if config.kinesis_stream().is_some() {
+        return work
+            .run::<crate::source::kinesis::source::KinesisSource>()
+            .await;
+    }
+    with_total_source(config, AnySource(work)).await
+}
+
+/// A [`WithSource`] run on a totally ordered source.
+struct AnySource<W>(W);
+
+impl<W: WithSource> WithTotalSource for AnySource<W> {
+    type Output = W::Output;
+    fn run<S: TotalSource>(self) -> impl Future<Output = Result<Self::Output>> + Send {
+        self.0.run::<S>()
+    }
+}
+
+/// Runs `work` with the database source `config` names (MySQL/MariaDB URLs, else
+/// PostgreSQL); the one place a database source is chosen. An error for a `kinesis://`
+/// stream, which is read per shard, and when this build lacks the source's feature.
+pub async fn with_total_source<W: WithTotalSource>(config: &Config, work: W) -> Result<W::Output> {
+    if config.kinesis_stream().is_some() {
+        drop(work);
+        return Err(crate::Error::config(format!(
+            "{} is read shard by shard, not as one ordered stream: run the worker's Kinesis consumer or the kinesis-ingest function",
+            config.source.url
+        )));
+    }
     if config.is_mysql() {
         #[cfg(feature = "mysql")]
         return work

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::position::{HookPosition, Lsn};
 use crate::source::contract::{
-    Ordering, ResumeMode, SnapshotRead, SnapshotTables, Source, SourceStatus,
+    Ordering, ResumeMode, SnapshotRead, SnapshotTables, Source, SourceStatus, TotalSource,
 };
 use crate::source::snapshot::{Chunk, Copied, CopyTarget, KeyPlan, TableCopier};
 use crate::source::stream::{ChangeStream, SourceEvent, StreamPosition};
@@ -214,11 +214,64 @@ fn no_hook(pipeline: &str) -> Error {
 
 impl Source for HookSource {
     type Position = HookPosition;
-    type Stream = HookStream;
-    type Snapshot = NoSnapshot;
 
     const ORDERING: Ordering = Ordering::Total;
+
     const RESUME: ResumeMode = ResumeMode::Ephemeral;
+
+    fn position(cp: &Checkpoint) -> Result<HookPosition> {
+        match &cp.position {
+            Some(SourcePosition::Hook(p)) => Ok(*p),
+            None => Ok(HookPosition::default()),
+            Some(other) => Err(Error::config(format!(
+                "pipeline {} holds the position of another source ({other}): `tidemark reset` it first",
+                cp.pipeline
+            ))),
+        }
+    }
+
+    async fn check(
+        config: &Config,
+        _store: &dyn PositionStore,
+        _cp: Option<&Checkpoint>,
+    ) -> Result<Vec<Finding>> {
+        Ok(vec![match Hook::find(&config.pipeline) {
+            Some(_) => Finding::new("hook", Level::Ok, "a capture hook is registered"),
+            None => Finding::new("hook", Level::Error, no_hook(&config.pipeline).one_line()),
+        }])
+    }
+
+    async fn reset(
+        _config: &Config,
+        _store: &dyn PositionStore,
+        _cp: Option<&Checkpoint>,
+        _release: bool,
+    ) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    async fn status(
+        config: &Config,
+        _store: &dyn PositionStore,
+        _cp: Option<&Checkpoint>,
+    ) -> Result<SourceStatus> {
+        let hook = Hook::find(&config.pipeline).ok_or_else(|| no_hook(&config.pipeline))?;
+        let held = hook.held().txs.len();
+        Ok(SourceStatus {
+            fields: serde_json::Map::from_iter([("hook_held_transactions".into(), held.into())]),
+            lines: vec![(
+                "hook".into(),
+                format!("{held} transactions not yet durable"),
+            )],
+            ..SourceStatus::default()
+        })
+    }
+}
+
+impl TotalSource for HookSource {
+    type Stream = HookStream;
+
+    type Snapshot = NoSnapshot;
 
     async fn open(config: &Config) -> Result<Self> {
         let hook = Hook::find(&config.pipeline).ok_or_else(|| no_hook(&config.pipeline))?;
@@ -288,47 +341,8 @@ impl Source for HookSource {
         progress.start.clone()
     }
 
-    fn position(cp: &Checkpoint) -> Result<HookPosition> {
-        match &cp.position {
-            Some(SourcePosition::Hook(p)) => Ok(*p),
-            None => Ok(HookPosition::default()),
-            Some(other) => Err(Error::config(format!(
-                "pipeline {} holds the position of another source ({other}): `tidemark reset` it first",
-                cp.pipeline
-            ))),
-        }
-    }
-
     fn idle_save(_config: &Config) -> Duration {
         Duration::from_secs(1)
-    }
-
-    async fn check(config: &Config, _cp: Option<&Checkpoint>) -> Result<Vec<Finding>> {
-        Ok(vec![match Hook::find(&config.pipeline) {
-            Some(_) => Finding::new("hook", Level::Ok, "a capture hook is registered"),
-            None => Finding::new("hook", Level::Error, no_hook(&config.pipeline).one_line()),
-        }])
-    }
-
-    async fn reset(
-        _config: &Config,
-        _cp: Option<&Checkpoint>,
-        _release: bool,
-    ) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-
-    async fn status(config: &Config, _cp: Option<&Checkpoint>) -> Result<SourceStatus> {
-        let hook = Hook::find(&config.pipeline).ok_or_else(|| no_hook(&config.pipeline))?;
-        let held = hook.held().txs.len();
-        Ok(SourceStatus {
-            fields: serde_json::Map::from_iter([("hook_held_transactions".into(), held.into())]),
-            lines: vec![(
-                "hook".into(),
-                format!("{held} transactions not yet durable"),
-            )],
-            ..SourceStatus::default()
-        })
     }
 
     /// Hands over again every held transaction after `from`'s last whole one; the engine
@@ -356,7 +370,9 @@ impl HookStream {
     /// The events of transaction `self.next`, when the hook holds it.
     fn take_next(&mut self) -> bool {
         let held = self.hook.held();
-        let Some(t) = held.txs.iter().find(|t| t.tx == self.next) else {
+        // Held in commit order, numbered without gaps.
+        let found = held.txs.binary_search_by_key(&self.next, |t| t.tx).ok();
+        let Some(t) = found.and_then(|i| held.txs.get(i)) else {
             return false;
         };
         self.pending.push_back(SourceEvent::Begin {

@@ -13,7 +13,7 @@ pub mod snapshot;
 pub mod ssl_mode;
 pub mod stream;
 
-pub use contract::{Ordering, ResumeMode, SnapshotRead, SnapshotTables, Source};
+pub use contract::{Ordering, ResumeMode, SnapshotRead, SnapshotTables, Source, TotalSource};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -1,4 +1,5 @@
-//! Kinesis change streams: the shard reader ([`client`]) and shard status. Record formats are in
+//! Kinesis change streams: the source ([`source`]: the stream with its S3 baseline), the shard
+//! reader ([`client`]) and shard status. Record formats are in
 //! [`crate::codec`]; the per-shard apply that turns a shard's records into Parquet, exactly once
 //! per shard, is [`crate::engine::shard`].
 //!
@@ -7,6 +8,7 @@
 
 #[cfg(feature = "aws")]
 pub mod client;
+pub mod source;
 #[cfg(feature = "aws")]
 pub mod status;
 

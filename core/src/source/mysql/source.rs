@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::position::{BinlogCoord, Lsn, MyPosition};
 use crate::source::capture::{self, TableSet};
 use crate::source::contract::{
-    Ordering, ResumeMode, SnapshotRead, SnapshotTables, Source, SourceStatus,
+    Ordering, ResumeMode, SnapshotRead, SnapshotTables, Source, SourceStatus, TotalSource,
 };
 use crate::source::mysql::check;
 use crate::source::mysql::connect::{self, MySource, ServerInfo};
@@ -84,11 +84,116 @@ impl MysqlSource {
 
 impl Source for MysqlSource {
     type Position = MyPosition;
-    type Stream = StreamHandle;
-    type Snapshot = Snapshot;
 
     const ORDERING: Ordering = Ordering::Total;
+
     const RESUME: ResumeMode = ResumeMode::Replay;
+
+    fn position(cp: &Checkpoint) -> Result<MyPosition> {
+        match &cp.position {
+            Some(SourcePosition::Mysql(p)) => Ok(p.clone()),
+            _ => Err(Error::config(
+                "this pipeline's checkpoint is not from a MySQL/MariaDB source: use another pipeline name, or `tidemark reset`",
+            )),
+        }
+    }
+
+    /// Server settings, grants, retention against the stored position, server_id, and that
+    /// the captured tables exist and have a primary key.
+    async fn check(
+        config: &Config,
+        _store: &dyn PositionStore,
+        cp: Option<&Checkpoint>,
+    ) -> Result<Vec<Finding>> {
+        let src = connect::source_settings(&config.source)?;
+        let mut conn = connect::sql_connect(&src).await?;
+        let server = connect::server_info(&mut conn).await?;
+        let stored = match cp.and_then(|c| c.position.as_ref()) {
+            Some(SourcePosition::Mysql(p)) => Some(p.resume.clone()),
+            _ => None,
+        };
+        let mut findings =
+            check::run(&mut conn, &server, config.server_id(), stored.as_ref()).await?;
+        let listed = match snapshot::resolve_tables(
+            &mut conn,
+            &config.table_names()?,
+            &src.database,
+        )
+        .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                findings.push(Finding::new("table", Level::Error, e.one_line()));
+                return Ok(findings);
+            }
+        };
+        let (_, dbs, tables) = capture_of(&listed, &src.database);
+        match snapshot::list_tables(&mut conn, &dbs, &tables).await {
+            Ok(list) => {
+                for t in list {
+                    let (schema, _) = snapshot::table_schema(&mut conn, &t).await?;
+                    findings.push(if schema.key_columns().next().is_some() {
+                        Finding::new("table", Level::Ok, format!("{t}: primary key present"))
+                    } else {
+                        Finding::new(
+                            "table",
+                            Level::Warning,
+                            format!("{t} has no primary key: updates and deletes cannot be matched to rows downstream; add one (ALTER TABLE {t} ADD PRIMARY KEY (...))"),
+                        )
+                    });
+                }
+            }
+            Err(e) => findings.push(Finding::new("table", Level::Error, e.one_line())),
+        }
+        Ok(findings)
+    }
+
+    /// A binlog reader holds nothing on the server.
+    async fn reset(
+        _config: &Config,
+        _store: &dyn PositionStore,
+        _cp: Option<&Checkpoint>,
+        _release: bool,
+    ) -> Result<Vec<String>> {
+        Ok(vec![])
+    }
+
+    /// Lag by the sizes of the binlog files after the durable position. A binlog records no
+    /// reader, so whether a worker runs is the lease's to say.
+    async fn status(
+        config: &Config,
+        _store: &dyn PositionStore,
+        cp: Option<&Checkpoint>,
+    ) -> Result<SourceStatus> {
+        let src = connect::source_settings(&config.source)?;
+        let mut conn = connect::sql_connect(&src).await?;
+        let server = connect::server_info(&mut conn).await?;
+        let written = check::current_position(&mut conn, &server).await?;
+        // Without the privilege to list the binary logs, the lag is unknown, not an error.
+        let lag_bytes = match cp.and_then(|c| c.position.as_ref()) {
+            Some(SourcePosition::Mysql(p)) => check::binary_logs(&mut conn)
+                .await
+                .ok()
+                .and_then(|logs| check::bytes_after(&logs, &p.resume)),
+            _ => None,
+        };
+        Ok(SourceStatus {
+            lag_bytes,
+            reading: None,
+            fields: serde_json::Map::from_iter([(
+                "binlog_written".to_string(),
+                written.to_string().into(),
+            )]),
+            lines: vec![("binlog written".to_string(), written.to_string())],
+            unreachable: None,
+        })
+    }
+}
+
+impl TotalSource for MysqlSource {
+    type Stream = StreamHandle;
+
+    type Snapshot = Snapshot;
 
     async fn open(config: &Config) -> Result<Self> {
         let src = connect::source_settings(&config.source)?;
@@ -193,99 +298,8 @@ impl Source for MysqlSource {
         progress.start.clone()
     }
 
-    fn position(cp: &Checkpoint) -> Result<MyPosition> {
-        match &cp.position {
-            Some(SourcePosition::Mysql(p)) => Ok(p.clone()),
-            _ => Err(Error::config(
-                "this pipeline's checkpoint is not from a MySQL/MariaDB source: use another pipeline name, or `tidemark reset`",
-            )),
-        }
-    }
-
     fn idle_save(config: &Config) -> Duration {
         config.batch.flush_interval()
-    }
-
-    /// Server settings, grants, retention against the stored position, server_id, and that
-    /// the captured tables exist and have a primary key.
-    async fn check(config: &Config, cp: Option<&Checkpoint>) -> Result<Vec<Finding>> {
-        let src = connect::source_settings(&config.source)?;
-        let mut conn = connect::sql_connect(&src).await?;
-        let server = connect::server_info(&mut conn).await?;
-        let stored = match cp.and_then(|c| c.position.as_ref()) {
-            Some(SourcePosition::Mysql(p)) => Some(p.resume.clone()),
-            _ => None,
-        };
-        let mut findings =
-            check::run(&mut conn, &server, config.server_id(), stored.as_ref()).await?;
-        let listed = match snapshot::resolve_tables(
-            &mut conn,
-            &config.table_names()?,
-            &src.database,
-        )
-        .await
-        {
-            Ok(t) => t,
-            Err(e) => {
-                findings.push(Finding::new("table", Level::Error, e.one_line()));
-                return Ok(findings);
-            }
-        };
-        let (_, dbs, tables) = capture_of(&listed, &src.database);
-        match snapshot::list_tables(&mut conn, &dbs, &tables).await {
-            Ok(list) => {
-                for t in list {
-                    let (schema, _) = snapshot::table_schema(&mut conn, &t).await?;
-                    findings.push(if schema.key_columns().next().is_some() {
-                        Finding::new("table", Level::Ok, format!("{t}: primary key present"))
-                    } else {
-                        Finding::new(
-                            "table",
-                            Level::Warning,
-                            format!("{t} has no primary key: updates and deletes cannot be matched to rows downstream; add one (ALTER TABLE {t} ADD PRIMARY KEY (...))"),
-                        )
-                    });
-                }
-            }
-            Err(e) => findings.push(Finding::new("table", Level::Error, e.one_line())),
-        }
-        Ok(findings)
-    }
-
-    /// A binlog reader holds nothing on the server.
-    async fn reset(
-        _config: &Config,
-        _cp: Option<&Checkpoint>,
-        _release: bool,
-    ) -> Result<Vec<String>> {
-        Ok(vec![])
-    }
-
-    /// Lag by the sizes of the binlog files after the durable position. A binlog records no
-    /// reader, so whether a worker runs is the lease's to say.
-    async fn status(config: &Config, cp: Option<&Checkpoint>) -> Result<SourceStatus> {
-        let src = connect::source_settings(&config.source)?;
-        let mut conn = connect::sql_connect(&src).await?;
-        let server = connect::server_info(&mut conn).await?;
-        let written = check::current_position(&mut conn, &server).await?;
-        // Without the privilege to list the binary logs, the lag is unknown, not an error.
-        let lag_bytes = match cp.and_then(|c| c.position.as_ref()) {
-            Some(SourcePosition::Mysql(p)) => check::binary_logs(&mut conn)
-                .await
-                .ok()
-                .and_then(|logs| check::bytes_after(&logs, &p.resume)),
-            _ => None,
-        };
-        Ok(SourceStatus {
-            lag_bytes,
-            reading: None,
-            fields: serde_json::Map::from_iter([(
-                "binlog_written".to_string(),
-                written.to_string().into(),
-            )]),
-            lines: vec![("binlog written".to_string(), written.to_string())],
-            unreachable: None,
-        })
     }
 
     /// By GTID wherever the position has one (MariaDB; MySQL with gtid_mode = ON), unless

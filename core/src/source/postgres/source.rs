@@ -18,7 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::position::{Lsn, PgPosition};
 use crate::source::capture::{self, TableSet};
 use crate::source::contract::{
-    Ordering, ResumeMode, SnapshotRead, SnapshotTables, Source, SourceStatus,
+    Ordering, ResumeMode, SnapshotRead, SnapshotTables, Source, SourceStatus, TotalSource,
 };
 use crate::source::postgres::connect::{self, PgSource};
 use crate::source::postgres::replication::ReplicationClient;
@@ -239,11 +239,146 @@ impl PostgresSource {
 
 impl Source for PostgresSource {
     type Position = PgPosition;
-    type Stream = StreamHandle;
-    type Snapshot = PgSnapshot;
 
     const ORDERING: Ordering = Ordering::Total;
+
     const RESUME: ResumeMode = ResumeMode::Replay;
+
+    fn position(cp: &Checkpoint) -> Result<PgPosition> {
+        match &cp.position {
+            Some(SourcePosition::Postgres(p)) => Ok(*p),
+            _ => Err(Error::config(
+                "this pipeline's checkpoint is not from a PostgreSQL source",
+            )),
+        }
+    }
+
+    /// Server settings, grants, the slot and publication, and each listed table resolved on
+    /// its own (one that does not exist is a finding).
+    async fn check(
+        config: &Config,
+        _store: &dyn PositionStore,
+        cp: Option<&Checkpoint>,
+    ) -> Result<Vec<Finding>> {
+        let pg = connect::source_settings(&config.source)?;
+        let client = connect::sql_connect(&pg, "tidemark-check").await?;
+        let (slot, publication) = slot_names(config, cp);
+        let names = config.table_names()?;
+        let mut tables = Vec::new();
+        let mut missing = Vec::new();
+        for n in &names {
+            match catalog::resolve_tables(&client, std::slice::from_ref(n)).await {
+                Ok(t) => tables.extend(t),
+                Err(e) if e.kind() == ErrorKind::Config => {
+                    missing.push(Finding::new("table", Level::Error, e.one_line()))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let listed = (!names.is_empty()).then_some(tables.as_slice());
+        let mut findings = check::run(&client, &slot, &publication, listed).await?;
+        findings.extend(missing);
+        Ok(findings)
+    }
+
+    /// Drops the slot the checkpoint recorded (else the configured or default name) and the
+    /// publication; without `release`, notes a slot the next run will no longer use.
+    async fn reset(
+        config: &Config,
+        _store: &dyn PositionStore,
+        cp: Option<&Checkpoint>,
+        release: bool,
+    ) -> Result<Vec<String>> {
+        let (slot, publication) = slot_names(config, cp);
+        if !release {
+            let (next, _) = slot_names(config, None);
+            return Ok(if slot != next {
+                vec![format!(
+                    "note: replication slot {slot} is kept, but the next run creates {next} (the default name changed); \
+                     drop {slot} or it holds WAL: SELECT pg_drop_replication_slot('{slot}')"
+                )]
+            } else {
+                vec![]
+            });
+        }
+        let pg = connect::source_settings(&config.source)?;
+        let client = connect::sql_connect(&pg, "tidemark-reset").await?;
+        let dropped = client
+            .execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+        client
+            .batch_execute(&format!(
+                "drop publication if exists {}",
+                catalog::quote_ident(&publication)
+            ))
+            .await?;
+        Ok(vec![format!(
+            "replication slot {slot} {}; publication {publication} dropped",
+            if dropped > 0 {
+                "dropped"
+            } else {
+                "was not there"
+            }
+        )])
+    }
+
+    /// Lag from the slot's confirmed point; the slot's fields (null when the server cannot
+    /// be reached or the slot is missing) are always in the document.
+    async fn status(
+        config: &Config,
+        _store: &dyn PositionStore,
+        cp: Option<&Checkpoint>,
+    ) -> Result<SourceStatus> {
+        let (slot, _) = slot_names(config, cp);
+        let pg = connect::source_settings(&config.source)?;
+        let (info, unreachable) = match connect::sql_connect(&pg, "tidemark-status").await {
+            Ok(client) => match catalog::slot_info(&client, &slot).await {
+                Ok(info) => (info, None),
+                Err(e) => (None, Some(e.one_line())),
+            },
+            Err(e) => (None, Some(e.one_line())),
+        };
+        let of = |f: fn(&catalog::SlotInfo) -> serde_json::Value| {
+            info.as_ref().map(f).unwrap_or(serde_json::Value::Null)
+        };
+        let show = |v: serde_json::Value| match v {
+            serde_json::Value::Null => "-".to_string(),
+            serde_json::Value::String(s) => s,
+            v => v.to_string(),
+        };
+        let retained = of(|i| i.wal_retained_bytes.into());
+        let wal_status = of(|i| i.wal_status.clone().into());
+        let line = format!(
+            "{slot} (WAL retained {} bytes, {})",
+            show(retained.clone()),
+            show(wal_status.clone())
+        );
+        let fields = serde_json::Map::from_iter([
+            ("slot".to_string(), slot.into()),
+            ("slot_active_pid".to_string(), of(|i| i.active_pid.into())),
+            ("slot_wal_retained_bytes".to_string(), retained),
+            ("slot_wal_status".to_string(), wal_status),
+        ]);
+        Ok(SourceStatus {
+            // A slot that never confirmed anything lags by nothing it was sent.
+            lag_bytes: info
+                .as_ref()
+                .map(|i| i.ack_lag_bytes.unwrap_or(0).max(0) as u64),
+            reading: info.as_ref().map(|i| i.active_pid.is_some()),
+            fields,
+            lines: vec![("slot".to_string(), line)],
+            unreachable,
+        })
+    }
+}
+
+impl TotalSource for PostgresSource {
+    type Stream = StreamHandle;
+
+    type Snapshot = PgSnapshot;
 
     async fn open(config: &Config) -> Result<Self> {
         let pg = connect::source_settings(&config.source)?;
@@ -393,125 +528,8 @@ impl Source for PostgresSource {
         )))
     }
 
-    fn position(cp: &Checkpoint) -> Result<PgPosition> {
-        match &cp.position {
-            Some(SourcePosition::Postgres(p)) => Ok(*p),
-            _ => Err(Error::config(
-                "this pipeline's checkpoint is not from a PostgreSQL source",
-            )),
-        }
-    }
-
     fn idle_save(_config: &Config) -> Duration {
         IDLE_ACK_INTERVAL
-    }
-
-    /// Server settings, grants, the slot and publication, and each listed table resolved on
-    /// its own (one that does not exist is a finding).
-    async fn check(config: &Config, cp: Option<&Checkpoint>) -> Result<Vec<Finding>> {
-        let pg = connect::source_settings(&config.source)?;
-        let client = connect::sql_connect(&pg, "tidemark-check").await?;
-        let (slot, publication) = slot_names(config, cp);
-        let names = config.table_names()?;
-        let mut tables = Vec::new();
-        let mut missing = Vec::new();
-        for n in &names {
-            match catalog::resolve_tables(&client, std::slice::from_ref(n)).await {
-                Ok(t) => tables.extend(t),
-                Err(e) if e.kind() == ErrorKind::Config => {
-                    missing.push(Finding::new("table", Level::Error, e.one_line()))
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let listed = (!names.is_empty()).then_some(tables.as_slice());
-        let mut findings = check::run(&client, &slot, &publication, listed).await?;
-        findings.extend(missing);
-        Ok(findings)
-    }
-
-    /// Drops the slot the checkpoint recorded (else the configured or default name) and the
-    /// publication; without `release`, notes a slot the next run will no longer use.
-    async fn reset(config: &Config, cp: Option<&Checkpoint>, release: bool) -> Result<Vec<String>> {
-        let (slot, publication) = slot_names(config, cp);
-        if !release {
-            let (next, _) = slot_names(config, None);
-            return Ok(if slot != next {
-                vec![format!(
-                    "note: replication slot {slot} is kept, but the next run creates {next} (the default name changed); \
-                     drop {slot} or it holds WAL: SELECT pg_drop_replication_slot('{slot}')"
-                )]
-            } else {
-                vec![]
-            });
-        }
-        let pg = connect::source_settings(&config.source)?;
-        let client = connect::sql_connect(&pg, "tidemark-reset").await?;
-        let dropped = client
-            .execute(
-                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1",
-                &[&slot],
-            )
-            .await?;
-        client
-            .batch_execute(&format!(
-                "drop publication if exists {}",
-                catalog::quote_ident(&publication)
-            ))
-            .await?;
-        Ok(vec![format!(
-            "replication slot {slot} {}; publication {publication} dropped",
-            if dropped > 0 {
-                "dropped"
-            } else {
-                "was not there"
-            }
-        )])
-    }
-
-    /// Lag from the slot's confirmed point; the slot's fields (null when the server cannot
-    /// be reached or the slot is missing) are always in the document.
-    async fn status(config: &Config, cp: Option<&Checkpoint>) -> Result<SourceStatus> {
-        let (slot, _) = slot_names(config, cp);
-        let pg = connect::source_settings(&config.source)?;
-        let (info, unreachable) = match connect::sql_connect(&pg, "tidemark-status").await {
-            Ok(client) => match catalog::slot_info(&client, &slot).await {
-                Ok(info) => (info, None),
-                Err(e) => (None, Some(e.one_line())),
-            },
-            Err(e) => (None, Some(e.one_line())),
-        };
-        let of = |f: fn(&catalog::SlotInfo) -> serde_json::Value| {
-            info.as_ref().map(f).unwrap_or(serde_json::Value::Null)
-        };
-        let show = |v: serde_json::Value| match v {
-            serde_json::Value::Null => "-".to_string(),
-            serde_json::Value::String(s) => s,
-            v => v.to_string(),
-        };
-        let retained = of(|i| i.wal_retained_bytes.into());
-        let wal_status = of(|i| i.wal_status.clone().into());
-        let line = format!(
-            "{slot} (WAL retained {} bytes, {})",
-            show(retained.clone()),
-            show(wal_status.clone())
-        );
-        let fields = serde_json::Map::from_iter([
-            ("slot".to_string(), slot.into()),
-            ("slot_active_pid".to_string(), of(|i| i.active_pid.into())),
-            ("slot_wal_retained_bytes".to_string(), retained),
-            ("slot_wal_status".to_string(), wal_status),
-        ]);
-        Ok(SourceStatus {
-            // A slot that never confirmed anything lags by nothing it was sent.
-            lag_bytes: info
-                .as_ref()
-                .map(|i| i.ack_lag_bytes.unwrap_or(0).max(0) as u64),
-            reading: info.as_ref().map(|i| i.active_pid.is_some()),
-            fields,
-            lines: vec![("slot".to_string(), line)],
-            unreachable,
-        })
     }
 
     async fn stream(mut self, cp: &Checkpoint, from: &PgPosition) -> Result<StreamHandle> {
