@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::engine::{PipelineState, StatusFile};
 use crate::error::{Error, Result};
 use crate::source::Source;
-use crate::source::contract::{Ordering, SourceStatus, WithSource, with_source};
+use crate::source::contract::{Ordering, SourceStatus, WithSource, show_value, with_source};
 use crate::store::{self, Checkpoint, PositionStore};
 
 /// A pipeline's status: as JSON (`--json`) or as text lines (`Display`).
@@ -45,11 +45,7 @@ impl fmt::Display for Status {
                 Ok(())
             }
             Status::Database { doc, source } => {
-                let show = |k: &str| match &doc[k] {
-                    serde_json::Value::Null => "-".to_string(),
-                    serde_json::Value::String(s) => s.clone(),
-                    v => v.to_string(),
-                };
+                let show = |k: &str| show_value(&doc[k]);
                 writeln!(f, "pipeline        {}", show("pipeline"))?;
                 writeln!(f, "state           {}", show("state"))?;
                 writeln!(f, "position        {}", show("position"))?;

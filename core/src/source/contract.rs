@@ -192,6 +192,15 @@ pub struct SourceStatus {
     pub unreachable: Option<String>,
 }
 
+/// A status field as text: `-` for null, a string without quotes, anything else as JSON.
+pub fn show_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
 /// Work run against the source a config names ([`with_source`]).
 pub trait WithSource {
     type Output;

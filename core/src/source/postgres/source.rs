@@ -19,6 +19,7 @@ use crate::position::{Lsn, PgPosition};
 use crate::source::capture::{self, TableSet};
 use crate::source::contract::{
     Ordering, ResumeMode, SnapshotRead, SnapshotTables, Source, SourceStatus, TotalSource,
+    show_value,
 };
 use crate::source::postgres::connect::{self, PgSource};
 use crate::source::postgres::replication::ReplicationClient;
@@ -344,17 +345,12 @@ impl Source for PostgresSource {
         let of = |f: fn(&catalog::SlotInfo) -> serde_json::Value| {
             info.as_ref().map(f).unwrap_or(serde_json::Value::Null)
         };
-        let show = |v: serde_json::Value| match v {
-            serde_json::Value::Null => "-".to_string(),
-            serde_json::Value::String(s) => s,
-            v => v.to_string(),
-        };
         let retained = of(|i| i.wal_retained_bytes.into());
         let wal_status = of(|i| i.wal_status.clone().into());
         let line = format!(
             "{slot} (WAL retained {} bytes, {})",
-            show(retained.clone()),
-            show(wal_status.clone())
+            show_value(&retained),
+            show_value(&wal_status)
         );
         let fields = serde_json::Map::from_iter([
             ("slot".to_string(), slot.into()),
