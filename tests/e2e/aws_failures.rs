@@ -879,7 +879,7 @@ async fn aws_errors_and_dropped_source_connections_are_ridden_out() {
 }
 
 /// Demonstrates that after a transient error (here: its source connection terminated) a worker
-/// waits for its own lease to expire before it streams again: `PgPipeline::run` leaves the lease
+/// waits for its own lease to expire before it streams again: `Pipeline::run` leaves the lease
 /// unreleased on error and the binary's retry calls `run` again, which takes a new owner id
 /// (`lease::owner_id`), so the worker stands by behind itself for up to the lease TTL (30 s by
 /// default) instead of the 0.5-1 s backoff.

@@ -151,9 +151,6 @@ impl Backoff {
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod run;
 
-/// The former name of [`Pipeline`].
-pub type PgPipeline = Pipeline;
-
 /// One source → Parquet pipeline (PostgreSQL or MySQL/MariaDB, by `config.source.url`).
 pub struct Pipeline {
     pub config: Config,
@@ -165,10 +162,10 @@ pub struct Pipeline {
     /// Return `Ok` once everything the server had written when the first run connected is
     /// durable (`--until-caught-up`).
     pub until_caught_up: bool,
-    /// The source's write position `until_caught_up` waits for ([`Source::write_position`],
-    /// read once and kept across retries).
+    /// The source's write position `until_caught_up` waits for
+    /// ([`TotalSource::write_position`], read once and kept across retries).
     ///
-    /// [`Source::write_position`]: crate::source::Source::write_position
+    /// [`TotalSource::write_position`]: crate::source::TotalSource::write_position
     pub caught_up_at: Option<Arc<dyn std::any::Any + Send + Sync>>,
     pub metrics: crate::metrics::Metrics,
     /// Batches committed by this pipeline so far (all runs): tells a retry loop whether the

@@ -1,4 +1,4 @@
-//! `tidemark`: capture PostgreSQL changes into Athena-ready Parquet.
+//! `tidemark`: capture PostgreSQL, MySQL/MariaDB and Kinesis changes into Athena-ready Parquet.
 //!
 //! The same binary is the local CLI and the ECS task.
 
@@ -10,19 +10,18 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tidemark_core::config::Config;
-use tidemark_core::engine::{PgPipeline, StatusFile};
+use tidemark_core::engine::StatusFile;
 use tidemark_core::metrics::Metrics;
 use tidemark_core::runtime;
 use tidemark_core::source::Level;
 use tidemark_core::store;
 use tidemark_core::{ErrorKind, output};
-use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
     name = "tidemark",
     version,
-    about = "Change data capture from PostgreSQL and MySQL/MariaDB into Athena-ready Parquet",
+    about = "Change data capture from PostgreSQL, MySQL/MariaDB and Kinesis into Athena-ready Parquet",
     long_about = "Change data capture from PostgreSQL and MySQL/MariaDB into Athena-ready Parquet.\n\n\
         A pipeline copies the captured tables once (a consistent snapshot) and then streams every\n\
         committed change (PostgreSQL: a logical replication slot; MySQL/MariaDB: the row binlog,\n\
@@ -44,7 +43,9 @@ struct Cli {
 enum Command {
     /// Snapshot (first run) then stream changes until Ctrl-C/SIGTERM, which flushes and commits.
     Run(RunArgs),
-    /// Show state, committed position, lag (bytes, seconds) and WAL retained by the slot.
+    /// Show state, committed position, lag (bytes, seconds) and WAL retained by the slot
+    /// (MySQL/MariaDB: the binlog written; Kinesis: the baseline, and per shard the committed
+    /// sequence number, lease and lag).
     Status {
         #[command(flatten)]
         pipeline: PipelineArgs,
@@ -56,6 +57,7 @@ enum Command {
     /// replica identity. MySQL/MariaDB: log_bin, binlog_format/row_image/row_metadata, grants,
     /// binlog retention against the stored position, server_id collisions, primary keys; MySQL
     /// also the snapshot's lock method, gtid_mode, PARTIAL_JSON and RDS binlog retention hours.
+    /// Kinesis: the stream's shards, the position store and the output.
     #[command(verbatim_doc_comment)]
     Check {
         #[command(flatten)]
@@ -70,6 +72,7 @@ enum Command {
         max_age_secs: u64,
     },
     /// Forget a pipeline's position (and drop its slot), so the next run takes a new snapshot.
+    /// Kinesis: every shard's position, the baseline and the worker seats.
     Reset {
         #[command(flatten)]
         pipeline: PipelineArgs,
@@ -489,28 +492,6 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `run` with a `kinesis://` source: the worker as a Kinesis consumer under shard leases.
-async fn run_kinesis(
-    cfg: &Config,
-    stream: &str,
-    ingest: tidemark_core::engine::shard::ShardIngest,
-    stop: watch::Receiver<bool>,
-    until_caught_up: bool,
-) -> anyhow::Result<ExitCode> {
-    use tidemark_core::engine::shard_consumer::Consumer;
-    use tidemark_core::source::kinesis::client::KinesisStream;
-    let consumer = Consumer {
-        ingest,
-        stream: KinesisStream::open(stream).await?,
-        owner: tidemark_core::lease::owner_id(),
-        lease_ttl: cfg.positions.lease_ttl(),
-        batch_size: 1000,
-        until_caught_up,
-    };
-    consumer.run(stop).await?;
-    Ok(ExitCode::SUCCESS)
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = args.pipeline.config().await?;
     if args.no_snapshot {
@@ -528,79 +509,23 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.in_flight {
         cfg.batch.in_flight = n;
     }
-    cfg.validate()?;
-    let output = output::open(&cfg.output_url()).await?;
-    let state_dir = runtime::status::state_dir(&cfg)?;
-    let store = store::open(cfg.positions.url.as_deref(), cfg.positions.create_table).await?;
-    tracing::info!(pipeline = %cfg.pipeline, output = %output.url(), positions = %store.url(), "starting");
-
-    let shutdown = tidemark_core::runtime::shutdown_signal();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // Fan in: signals, --stop-after-secs, --until-caught-up.
-    {
-        let stop_tx = stop_tx.clone();
-        let mut sig = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = sig.wait_for(|v| *v).await;
-            let _ = stop_tx.send(true);
-        });
-    }
-    if let Some(secs) = args.stop_after_secs {
-        let stop_tx = stop_tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(secs)).await;
-            let _ = stop_tx.send(true);
-        });
-    }
-    let metrics = Metrics::new(
-        &cfg.pipeline,
-        match args.metrics.as_str() {
-            "emf" => true,
-            "off" => false,
-            _ => !std::io::stdout().is_terminal(),
-        },
-    );
-    if let Some(stream) = cfg.kinesis_stream() {
-        let ingest = tidemark_core::engine::shard::ShardIngest {
-            pipeline: cfg.pipeline.clone(),
-            format: cfg.source.format.as_deref().unwrap_or("auto").parse()?,
-            layout: output::Layout::new(&cfg.output.prefix, &cfg.pipeline),
-            store,
-            output,
-            metrics,
-        };
-        return run_kinesis(&cfg, stream, ingest, stop_rx, args.until_caught_up).await;
-    }
-
-    let mut pipeline = PgPipeline {
-        config: cfg.clone(),
-        output,
-        store,
-        progress: std::io::stderr().is_terminal(),
-        status: Some(StatusFile::new(&state_dir, &cfg.pipeline)),
-        caught_up_at: None,
+    let opts = runtime::run::RunOptions {
         until_caught_up: args.until_caught_up,
-        metrics: metrics.clone(),
-        commits: 0,
-        sink: match &args.publish {
-            None => std::sync::Arc::new(tidemark_core::sink::parquet::ParquetSink),
-            Some(url) => {
-                let stream = url
-                    .strip_prefix("kinesis://")
-                    .context("--publish takes kinesis://<stream>")?;
-                std::sync::Arc::new(tidemark_core::sink::kinesis::KinesisSink::new(
-                    tidemark_core::sink::kinesis::Publisher::open(stream, &cfg.pipeline).await?,
-                ))
-            }
-        },
+        stop_after: args.stop_after_secs.map(Duration::from_secs),
+        max_retries: args.max_retries,
+        stop_timeout: Duration::from_secs(args.stop_timeout_secs),
+        publish: args.publish,
+        progress: std::io::stderr().is_terminal(),
+        metrics: Metrics::new(
+            &cfg.pipeline,
+            match args.metrics.as_str() {
+                "emf" => true,
+                "off" => false,
+                _ => !std::io::stdout().is_terminal(),
+            },
+        ),
     };
-    // SIGTERM drains and commits within the stop timeout; past it, exit non-zero (nothing is
-    // lost: what was not committed is replayed by the next run).
-    runtime::supervisor::exit_after_stop_timeout(
-        shutdown.clone(),
-        Duration::from_secs(args.stop_timeout_secs),
-    );
-    runtime::supervisor::supervise(&mut pipeline, stop_rx, shutdown, args.max_retries).await?;
+    runtime::run::run(cfg, opts).await?;
     Ok(ExitCode::SUCCESS)
 }
 
