@@ -23,7 +23,7 @@ use crate::engine::shard::ShardIngest;
 use crate::error::{ErrorKind, Result};
 use crate::lease::{self, LeaseHolder};
 use crate::position::{SeqNo, ShardPosition};
-use crate::source::kinesis::client::{KinesisStream, ShardInfo};
+use crate::source::kinesis::{ShardInfo, ShardRead};
 use crate::store::{SourcePosition, now_ms, shard_checkpoint};
 
 /// How often shards and leases are looked at again.
@@ -32,9 +32,9 @@ const REBALANCE: Duration = Duration::from_secs(2);
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// Reads a stream's shards into Parquet under shard leases.
-pub struct Consumer {
+pub struct Consumer<R: ShardRead> {
     pub ingest: ShardIngest,
-    pub stream: KinesisStream,
+    pub stream: R,
     pub owner: String,
     pub lease_ttl: Duration,
     pub batch_size: i32,
@@ -49,7 +49,7 @@ struct Reader {
     idle: watch::Receiver<bool>,
 }
 
-impl Consumer {
+impl<R: ShardRead> Consumer<R> {
     /// The committed position of each listed shard (read-only: no lease needed).
     pub async fn positions(&self, shards: &[ShardInfo]) -> Result<BTreeMap<String, ShardPosition>> {
         let mut out = BTreeMap::new();
@@ -254,9 +254,9 @@ impl Consumer {
 }
 
 /// Reads one shard from its committed position until stopped or read to its end.
-async fn read_shard(
+async fn read_shard<R: ShardRead>(
     ingest: &ShardIngest,
-    stream: &KinesisStream,
+    stream: &R,
     shard: ShardInfo,
     batch: i32,
     mut stop: watch::Receiver<bool>,
@@ -337,5 +337,185 @@ async fn read_shard(
                 _ = stop.changed() => {}
             }
         }
+    }
+}
+
+/// The consumer against an in-memory stream (`output_rows` is the stream loop tests' reader).
+#[cfg(all(test, feature = "postgres"))]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::change::{Column, ColumnType, Op, RowMeta, TableId, TableSchema, Value};
+    use crate::codec::{RecordFormat, envelope};
+    use crate::output::{Layout, LocalDir};
+    use crate::source::kinesis::{Records, ShardRecord};
+    use crate::store::{LocalFileStore, PositionStore};
+
+    /// A stream in memory. Iterators are `<shard>/<index>`; every page read is logged.
+    #[derive(Clone)]
+    struct MemoryShards {
+        shards: Arc<Vec<(ShardInfo, Vec<ShardRecord>)>>,
+        reads: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl MemoryShards {
+        fn shard(&self, id: &str) -> Result<&(ShardInfo, Vec<ShardRecord>)> {
+            self.shards
+                .iter()
+                .find(|(s, _)| s.id == id)
+                .ok_or_else(|| crate::Error::config(format!("no shard {id}")))
+        }
+    }
+
+    impl ShardRead for MemoryShards {
+        async fn shards(&self) -> Result<Vec<ShardInfo>> {
+            Ok(self.shards.iter().map(|(s, _)| s.clone()).collect())
+        }
+
+        async fn iterator(&self, shard: &str, after: Option<&SeqNo>) -> Result<String> {
+            let records = &self.shard(shard)?.1;
+            let i = after.map_or(0, |a| {
+                records.iter().take_while(|r| r.sequence <= *a).count()
+            });
+            Ok(format!("{shard}/{i}"))
+        }
+
+        async fn records(&self, iterator: &str, limit: i32) -> Result<Records> {
+            let (shard, i) = iterator.rsplit_once('/').unwrap();
+            let i: usize = i.parse().unwrap();
+            let (info, records) = self.shard(shard)?;
+            let end = (i + limit as usize).min(records.len());
+            self.reads.lock().unwrap().push(shard.to_string());
+            let done = info.ending.is_some() && end == records.len();
+            Ok(Records {
+                records: records[i..end].to_vec(),
+                next_iterator: (!done).then(|| format!("{shard}/{end}")),
+                millis_behind_latest: Some(0),
+            })
+        }
+    }
+
+    fn record(seq: u64, id: i64) -> ShardRecord {
+        let schema = TableSchema {
+            id: TableId::new("public", "t"),
+            columns: vec![Column {
+                name: "id".into(),
+                ty: ColumnType::Int64,
+                source_type: "int8".into(),
+                key: true,
+            }],
+        };
+        let pos = format!("{seq:016X}");
+        let meta = RowMeta {
+            op: Op::Insert,
+            pos: &pos,
+            ord: 0,
+            commit_ts: 1_795_000_000_000_000,
+            xid: None,
+        };
+        ShardRecord {
+            sequence: seq.to_string().parse().unwrap(),
+            partition_key: id.to_string(),
+            arrival_ms: 1_795_000_000_000,
+            data: envelope::encode(&schema, &meta, &[Value::I64(id)], None),
+        }
+    }
+
+    fn info(id: &str, parent: Option<&str>, ending: Option<u64>) -> ShardInfo {
+        ShardInfo {
+            id: id.into(),
+            parent: parent.map(str::to_string),
+            adjacent_parent: None,
+            ending: ending.map(|e| e.to_string().parse().unwrap()),
+        }
+    }
+
+    async fn consume(dir: &std::path::Path, stream: &MemoryShards) {
+        let consumer = Consumer {
+            ingest: ShardIngest {
+                pipeline: "k".into(),
+                format: RecordFormat::Auto,
+                layout: Layout::new("", "k"),
+                store: Arc::new(LocalFileStore::new(dir.join("state")).unwrap()),
+                output: Arc::new(LocalDir::new(dir.join("out")).unwrap()),
+                metrics: crate::metrics::Metrics::disabled(),
+            },
+            stream: stream.clone(),
+            owner: "w1".into(),
+            lease_ttl: Duration::from_secs(30),
+            batch_size: 3,
+            until_caught_up: true,
+        };
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::time::timeout(Duration::from_secs(60), consumer.run(stop_rx))
+            .await
+            .expect("caught up within a minute")
+            .unwrap();
+    }
+
+    /// A shard's committed sequence number and whether it is finished.
+    async fn position(dir: &std::path::Path, shard: &str) -> (String, bool) {
+        let store = LocalFileStore::new(dir.join("state")).unwrap();
+        match store
+            .load(&shard_checkpoint("k", shard))
+            .await
+            .unwrap()
+            .and_then(|c| c.position)
+        {
+            Some(SourcePosition::Kinesis(p)) => (p.sequence.to_string(), p.finished),
+            other => panic!("{shard}: {other:?}"),
+        }
+    }
+
+    /// A closed parent is read to its end and marked finished before its child is read; an
+    /// open shard is read to its tip; a second run writes nothing again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parents_before_children_and_a_restart_writes_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = MemoryShards {
+            shards: Arc::new(vec![
+                (
+                    info("p", None, Some(5)),
+                    (1..=5).map(|i| record(i, i as i64)).collect(),
+                ),
+                (
+                    info("c", Some("p"), None),
+                    (6..=10).map(|i| record(i, i as i64)).collect(),
+                ),
+                (
+                    info("o", None, None),
+                    (1..=7).map(|i| record(i, 100 + i as i64)).collect(),
+                ),
+            ]),
+            reads: Arc::default(),
+        };
+        consume(dir.path(), &stream).await;
+
+        let reads = stream.reads.lock().unwrap().clone();
+        let last_parent = reads.iter().rposition(|s| s == "p").unwrap();
+        let first_child = reads.iter().position(|s| s == "c").unwrap();
+        assert!(last_parent < first_child, "{reads:?}");
+        assert_eq!(position(dir.path(), "p").await, ("5".into(), true));
+        assert_eq!(position(dir.path(), "c").await, ("10".into(), false));
+        assert_eq!(position(dir.path(), "o").await, ("7".into(), false));
+        let ids = |dir: &std::path::Path| {
+            let mut ids: Vec<i64> = crate::engine::stream::tests::output_rows(dir)
+                .into_iter()
+                .map(|(_, _, id)| id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        let want: Vec<i64> = (1..=10).chain(101..=107).collect();
+        assert_eq!(ids(&dir.path().join("out")), want);
+
+        consume(dir.path(), &stream).await;
+        assert_eq!(
+            ids(&dir.path().join("out")),
+            want,
+            "a restart writes nothing again"
+        );
     }
 }

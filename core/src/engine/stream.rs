@@ -469,7 +469,7 @@ impl<P: StreamPosition> StreamRun<P> {
 
 #[cfg(all(test, feature = "postgres"))]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
+pub(crate) mod tests {
     //! The loop against an in-memory stream, a local directory and the local store: batching,
     //! ordering, acks, and a crash at every write of the commit protocol (by failpoint).
     use std::sync::Arc;
@@ -660,7 +660,8 @@ mod tests {
     }
 
     /// Every `(_pos, _ord, id)` in the output, sorted.
-    fn output_rows(dir: &std::path::Path) -> Vec<(String, u64, i64)> {
+    /// Every row of the Parquet under `dir`: (`_pos`, `_ord`, `id`), sorted.
+    pub(crate) fn output_rows(dir: &std::path::Path) -> Vec<(String, u64, i64)> {
         use ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         use arrow_array::{Array, Int64Array, StringArray};
         let mut rows = Vec::new();

@@ -12,38 +12,12 @@ use aws_sdk_kinesis::operation::get_shard_iterator::builders::GetShardIteratorFl
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 
-use super::ShardRecord;
+use super::{ShardRead, ShardRecord};
 use crate::aws::error::{Cause, Failure};
 use crate::error::{Error, Result};
 use crate::position::SeqNo;
 
-/// One shard of a stream, with its lineage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShardInfo {
-    pub id: String,
-    pub parent: Option<String>,
-    pub adjacent_parent: Option<String>,
-    /// Set once the shard is closed (split or merged): its last sequence number.
-    pub ending: Option<SeqNo>,
-}
-
-impl ShardInfo {
-    pub fn parents(&self) -> impl Iterator<Item = &str> {
-        self.parent
-            .iter()
-            .chain(self.adjacent_parent.iter())
-            .map(String::as_str)
-    }
-}
-
-/// One GetRecords result.
-#[derive(Debug, Clone, Default)]
-pub struct Records {
-    pub records: Vec<ShardRecord>,
-    /// `None` when the shard is closed and read to its end.
-    pub next_iterator: Option<String>,
-    pub millis_behind_latest: Option<i64>,
-}
+pub use super::{Records, ShardInfo};
 
 /// The outcome of publishing one record.
 #[derive(Debug, Clone, PartialEq)]
@@ -258,6 +232,21 @@ impl KinesisStream {
             self.name, f.detail
         );
         Error::with_source(f.kind(), message, e)
+    }
+}
+
+/// Kinesis itself: GetRecords pages, AfterSequenceNumber iterators, ListShards lineage.
+impl ShardRead for KinesisStream {
+    async fn shards(&self) -> Result<Vec<ShardInfo>> {
+        KinesisStream::shards(self).await
+    }
+
+    async fn iterator(&self, shard: &str, after: Option<&SeqNo>) -> Result<String> {
+        KinesisStream::iterator(self, shard, after).await
+    }
+
+    async fn records(&self, iterator: &str, limit: i32) -> Result<Records> {
+        KinesisStream::records(self, iterator, limit).await
     }
 }
 
