@@ -34,7 +34,7 @@
 //! Each module uses only its own layer and those below (checked by a unit test, `layers.rs`):
 //! model ([`change`], [`position`], [`clock`], [`table_name`], [`metrics`], [`failpoint`]) ←
 //! [`codec`], [`parquet`], [`config`], `aws` ← [`output`], [`store`], [`lease`] ← [`source`], [`sink`] ←
-//! [`engine`] ← [`runtime`] (supervisor, status, check, reset) ← the binaries.
+//! [`engine`] ← [`runtime`] (run, supervisor, status, check, reset) ← the binaries.
 
 #[cfg(feature = "aws")]
 pub mod aws;
