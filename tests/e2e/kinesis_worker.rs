@@ -9,10 +9,10 @@ use serde_json::Value as Json;
 use tidemark_core::output::s3::{S3Options, S3Output};
 use tidemark_core::position::SeqNo;
 use tidemark_core::source::kinesis::client::KinesisStream;
-use tidemark_e2e::harness::{bin, duckdb, env, sigterm, stderr_of};
+use tidemark_e2e::harness::{duckdb, env, sigterm, stderr_of};
 use tidemark_e2e::kinesis::{
     History, Lake, assert_exactly_the_stream, kinesis, output_rows, put_all, shard_positions,
-    spawn_consumer, split_first_merge_last_two, stream, unique,
+    spawn_consumer, split_first_merge_last_two, stream, tidemark_ok, unique,
 };
 
 /// The last sequence number of every shard that holds records.
@@ -146,31 +146,19 @@ async fn put_version(key: &str, body: &str, meta: &[(&str, String)]) -> String {
 }
 
 fn baseline(lake: &Lake, stream: &str, object: &str, version: &str) -> String {
-    let out = std::process::Command::new(bin())
-        .args(["baseline", "--source-url"])
-        .arg(format!("kinesis://{stream}"))
-        .args([
-            "--pipeline",
-            &lake.pipeline,
-            "--output",
-            &lake.output,
-            "--positions",
-            &lake.positions,
+    tidemark_ok(
+        lake,
+        stream,
+        "baseline",
+        &[
             "--object",
             object,
             "--version-id",
             version,
             "--target-table",
             "public.items",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "baseline failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,29 +266,7 @@ async fn check_status_and_reset_cover_every_shard_and_the_baseline() {
     baseline(&lake, &name, &format!("s3://{bucket}/{key}"), &v1);
     lake.lambda_local(&name, &["--batch-size", "100"]);
 
-    let cli = |cmd: &str, extra: &[&str]| {
-        let out = std::process::Command::new(bin())
-            .args([cmd, "--source-url"])
-            .arg(format!("kinesis://{name}"))
-            .args([
-                "--pipeline",
-                &lake.pipeline,
-                "--output",
-                &lake.output,
-                "--positions",
-                &lake.positions,
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{cmd}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
+    let cli = |cmd: &str, extra: &[&str]| tidemark_ok(&lake, &name, cmd, extra);
 
     let check = cli("check", &[]);
     assert!(

@@ -220,26 +220,10 @@ pub fn unique(what: &str) -> String {
     format!("e2e-{what}-{:012x}", fastrand::u64(..1 << 48))
 }
 
-/// The committed sequence number of every shard (`tidemark status --json`).
-pub fn shard_positions(lake: &Lake, stream: &str) -> Json {
-    let out = Command::new(bin())
-        .args(["status", "--json", "--source-url"])
-        .arg(format!("kinesis://{stream}"))
-        .args(["--pipeline", &lake.pipeline, "--positions", &lake.positions])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// `tidemark run` of a kinesis:// pipeline (the worker as consumer).
-pub fn spawn_consumer(lake: &Lake, stream: &str, extra: &[&str]) -> std::process::Child {
-    Command::new(bin())
-        .args(["run", "--source-url"])
+/// `tidemark <command>` on `lake`'s kinesis:// pipeline (source, pipeline, output, positions).
+pub fn tidemark(lake: &Lake, stream: &str, command: &str) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args([command, "--source-url"])
         .arg(format!("kinesis://{stream}"))
         .args([
             "--pipeline",
@@ -248,9 +232,34 @@ pub fn spawn_consumer(lake: &Lake, stream: &str, extra: &[&str]) -> std::process
             &lake.output,
             "--positions",
             &lake.positions,
-            "--metrics",
-            "off",
-        ])
+        ]);
+    cmd
+}
+
+/// `tidemark <command> <extra>`: its standard output, after asserting it succeeded.
+pub fn tidemark_ok(lake: &Lake, stream: &str, command: &str, extra: &[&str]) -> String {
+    let out = tidemark(lake, stream, command)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{command} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The committed sequence number of every shard (`tidemark status --json`).
+pub fn shard_positions(lake: &Lake, stream: &str) -> Json {
+    serde_json::from_str(&tidemark_ok(lake, stream, "status", &["--json"])).unwrap()
+}
+
+/// `tidemark run` of a kinesis:// pipeline (the worker as consumer).
+pub fn spawn_consumer(lake: &Lake, stream: &str, extra: &[&str]) -> std::process::Child {
+    tidemark(lake, stream, "run")
+        .args(["--metrics", "off"])
         .args(extra)
         .env("TIDEMARK_LOG", "info")
         .stdout(std::process::Stdio::null())

@@ -439,7 +439,7 @@ fn encode_runs(layout: &Layout, shard: &str, changes: Vec<Decoded1>) -> Result<E
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::change::{ColumnType, Op, Value};
     use crate::codec::envelope;
@@ -466,7 +466,8 @@ mod tests {
         }
     }
 
-    fn record(seq: u64, id: i64) -> ShardRecord {
+    /// A tidemark envelope of row `id` of `public.t`, at sequence number `seq`.
+    pub(crate) fn record(seq: u64, id: i64) -> ShardRecord {
         let pos = format!("{:016X}", 1000 + seq);
         let meta = RowMeta {
             op: Op::Insert,

@@ -347,8 +347,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::change::{Column, ColumnType, Op, RowMeta, TableId, TableSchema, Value};
-    use crate::codec::{RecordFormat, envelope};
+    use crate::codec::RecordFormat;
+    use crate::engine::shard::tests::record;
     use crate::output::{Layout, LocalDir};
     use crate::source::kinesis::{Records, ShardRecord};
     use crate::store::{LocalFileStore, PositionStore};
@@ -394,32 +394,6 @@ mod tests {
                 next_iterator: (!done).then(|| format!("{shard}/{end}")),
                 millis_behind_latest: Some(0),
             })
-        }
-    }
-
-    fn record(seq: u64, id: i64) -> ShardRecord {
-        let schema = TableSchema {
-            id: TableId::new("public", "t"),
-            columns: vec![Column {
-                name: "id".into(),
-                ty: ColumnType::Int64,
-                source_type: "int8".into(),
-                key: true,
-            }],
-        };
-        let pos = format!("{seq:016X}");
-        let meta = RowMeta {
-            op: Op::Insert,
-            pos: &pos,
-            ord: 0,
-            commit_ts: 1_795_000_000_000_000,
-            xid: None,
-        };
-        ShardRecord {
-            sequence: seq.to_string().parse().unwrap(),
-            partition_key: id.to_string(),
-            arrival_ms: 1_795_000_000_000,
-            data: envelope::encode(&schema, &meta, &[Value::I64(id)], None),
         }
     }
 
