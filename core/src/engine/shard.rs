@@ -489,7 +489,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn ingest(dir: &std::path::Path) -> ShardIngest {
+    /// Pipeline `k`: positions in `<dir>/state`, objects in `<dir>/out`.
+    pub(crate) fn ingest(dir: &std::path::Path) -> ShardIngest {
         ShardIngest {
             pipeline: "k".into(),
             format: RecordFormat::Auto,

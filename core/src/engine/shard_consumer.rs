@@ -347,9 +347,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::codec::RecordFormat;
-    use crate::engine::shard::tests::record;
-    use crate::output::{Layout, LocalDir};
+    use crate::engine::shard::tests::{ingest, record};
     use crate::source::kinesis::{Records, ShardRecord};
     use crate::store::{LocalFileStore, PositionStore};
 
@@ -408,14 +406,7 @@ mod tests {
 
     async fn consume(dir: &std::path::Path, stream: &MemoryShards) {
         let consumer = Consumer {
-            ingest: ShardIngest {
-                pipeline: "k".into(),
-                format: RecordFormat::Auto,
-                layout: Layout::new("", "k"),
-                store: Arc::new(LocalFileStore::new(dir.join("state")).unwrap()),
-                output: Arc::new(LocalDir::new(dir.join("out")).unwrap()),
-                metrics: crate::metrics::Metrics::disabled(),
-            },
+            ingest: ingest(dir),
             stream: stream.clone(),
             owner: "w1".into(),
             lease_ttl: Duration::from_secs(30),
