@@ -86,13 +86,17 @@ pub trait Source: Send + Sized {
     /// `tidemark reset`, after the pipeline's checkpoint `cp` is deleted from `store`: deletes
     /// the source's other checkpoints (a stream's shard positions) and, with `release`, drops
     /// what the source keeps for the pipeline (PostgreSQL: its slot and publication). Returns
-    /// what it did, a line each. Idempotent.
+    /// what it did, a line each. Idempotent. By default the source keeps nothing (a binlog
+    /// reader, the hook) and does nothing.
     fn reset(
         config: &Config,
         store: &dyn PositionStore,
         cp: Option<&Checkpoint>,
         release: bool,
-    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+    ) -> impl Future<Output = Result<Vec<String>>> + Send {
+        let _ = (config, store, cp, release);
+        async { Ok(Vec::new()) }
+    }
 
     /// `tidemark status`: how far the server has written beyond what the pipeline made
     /// durable, and whether a reader holds the source now. Reads only. A source that cannot

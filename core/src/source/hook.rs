@@ -241,15 +241,6 @@ impl Source for HookSource {
         }])
     }
 
-    async fn reset(
-        _config: &Config,
-        _store: &dyn PositionStore,
-        _cp: Option<&Checkpoint>,
-        _release: bool,
-    ) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-
     async fn status(
         config: &Config,
         _store: &dyn PositionStore,

@@ -148,16 +148,6 @@ impl Source for MysqlSource {
         Ok(findings)
     }
 
-    /// A binlog reader holds nothing on the server.
-    async fn reset(
-        _config: &Config,
-        _store: &dyn PositionStore,
-        _cp: Option<&Checkpoint>,
-        _release: bool,
-    ) -> Result<Vec<String>> {
-        Ok(vec![])
-    }
-
     /// Lag by the sizes of the binlog files after the durable position. A binlog records no
     /// reader, so whether a worker runs is the lease's to say.
     async fn status(
