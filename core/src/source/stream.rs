@@ -98,3 +98,90 @@ pub trait ChangeStream<P: StreamPosition>: Send {
     /// Stops the reader; after the last `ack`, so the server learns the final durable point.
     fn stop(self) -> impl Future<Output = Result<()>> + Send;
 }
+
+/// Events carried from a source's reading task to the stream loop in chunks: one channel
+/// operation, and at most one wake-up of the loop's task, per chunk rather than per row.
+///
+/// Contract: the receiver yields the events in the order they were pushed; the channel holds
+/// at most `capacity` chunks (backpressure on the reader); a chunk is only sent by
+/// [`EventChunks::take`]'s caller, so the reader decides when a partial chunk goes (when its
+/// input has nothing more ready, so no event waits on later input).
+pub(crate) fn event_chunks<T>(capacity: usize, chunk: usize) -> (EventChunks<T>, ChunkedEvents<T>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    (
+        EventChunks {
+            tx,
+            pending: Vec::with_capacity(chunk),
+            chunk,
+        },
+        ChunkedEvents {
+            rx,
+            ready: Vec::new().into_iter(),
+        },
+    )
+}
+
+/// The reading task's side of [`event_chunks`]: events gather until taken and sent.
+pub(crate) struct EventChunks<T> {
+    pub tx: tokio::sync::mpsc::Sender<Vec<T>>,
+    pending: Vec<T>,
+    chunk: usize,
+}
+
+impl<T> EventChunks<T> {
+    /// Adds an event to the pending chunk; true when the chunk is full (send it now).
+    pub fn push(&mut self, ev: T) -> bool {
+        self.pending.push(ev);
+        self.pending.len() >= self.chunk
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+    /// The pending events, leaving an empty chunk.
+    pub fn take(&mut self) -> Vec<T> {
+        std::mem::replace(&mut self.pending, Vec::with_capacity(self.chunk))
+    }
+}
+
+/// The stream loop's side of [`event_chunks`].
+pub(crate) struct ChunkedEvents<T> {
+    rx: tokio::sync::mpsc::Receiver<Vec<T>>,
+    ready: std::vec::IntoIter<T>,
+}
+
+impl<T> ChunkedEvents<T> {
+    /// The next event; `None` once the reader is gone and every event it sent was taken.
+    /// Cancel safe: an event is only removed when it is returned.
+    pub async fn recv(&mut self) -> Option<T> {
+        loop {
+            if let Some(ev) = self.ready.next() {
+                return Some(ev);
+            }
+            self.ready = self.rx.recv().await?.into_iter();
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn chunks_arrive_whole_and_in_order() {
+        let (mut tx, mut rx) = event_chunks::<u32>(2, 3);
+        assert!(!tx.push(1));
+        assert!(!tx.push(2));
+        assert!(tx.push(3));
+        tx.tx.send(tx.take()).await.unwrap();
+        assert!(tx.is_empty());
+        tx.push(4);
+        tx.tx.send(tx.take()).await.unwrap();
+        drop(tx);
+        let mut got = Vec::new();
+        while let Some(ev) = rx.recv().await {
+            got.push(ev);
+        }
+        assert_eq!(got, [1, 2, 3, 4]);
+    }
+}

@@ -2,7 +2,9 @@
 //! the server informed.
 //!
 //! Contracts:
-//! - Events reach the pipeline in WAL order through a bounded channel (backpressure).
+//! - Events reach the pipeline in WAL order through a bounded channel (backpressure), in
+//!   chunks: a chunk goes when it is full or when nothing more is ready to read, so an event
+//!   never waits for later WAL.
 //! - Standby status updates go out every `status_interval` and on request, also while the
 //!   channel is full, so a slow flush never lets `wal_sender_timeout` expire.
 //! - The flush LSN reported is only ever what the pipeline stored in [`Acked`]: durable output.
@@ -23,11 +25,18 @@ use crate::source::postgres::catalog;
 use crate::source::postgres::pgoutput::{self, OldTuple, PgOutputMessage, TupleValue};
 use crate::source::postgres::replication::{ReplicationMessage, ReplicationStream};
 use crate::source::postgres::types;
-use crate::source::stream::{ChangeStream, SourceEvent, StreamPosition};
+use crate::source::stream::{
+    ChangeStream, ChunkedEvents, EventChunks, SourceEvent, StreamPosition, event_chunks,
+};
 use crate::store::SourcePosition;
 
 /// Quiet time after data before the stream task asks the server for a keepalive.
 const IDLE_PROBE: Duration = Duration::from_millis(50);
+
+/// Events per chunk sent to the pipeline, and chunks the channel holds: at most 4,096 events
+/// (and one chunk being filled) wait between the reader and the stream loop.
+const EVENT_CHUNK: usize = 256;
+const EVENT_CHUNKS: usize = 16;
 
 /// What the pipeline receives, in WAL order. A key-changing UPDATE arrives as a `Delete` row
 /// of the old key followed by an `Update` row with the new one.
@@ -106,7 +115,7 @@ impl Acked {
 
 /// Handle on a running stream task.
 pub struct StreamHandle {
-    pub events: mpsc::Receiver<Result<PgEvent>>,
+    events: ChunkedEvents<Result<PgEvent>>,
     pub acked: Acked,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
@@ -149,7 +158,7 @@ pub fn spawn(
     status_interval: Duration,
     only: Option<HashSet<TableId>>,
 ) -> StreamHandle {
-    let (tx, rx) = mpsc::channel(4096);
+    let (tx, rx) = event_chunks(EVENT_CHUNKS, EVENT_CHUNK);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let task = tokio::spawn({
         let acked = acked.clone();
@@ -168,10 +177,10 @@ pub fn spawn(
             };
             let res = reader.run().await;
             if let Err(e) = &res {
-                let _ = reader
-                    .tx
-                    .send(Err(Error::new(e.kind(), e.one_line())))
-                    .await;
+                // What was read before the error goes first.
+                let mut last = reader.tx.take();
+                last.push(Err(Error::new(e.kind(), e.one_line())));
+                let _ = reader.tx.tx.send(last).await;
             }
             // Tell the server what is durable before leaving.
             let acked = reader.acked.get();
@@ -206,7 +215,7 @@ struct Reader {
     acked: Acked,
     relations: HashMap<u32, Relation>,
     only: Option<HashSet<TableId>>,
-    tx: mpsc::Sender<Result<PgEvent>>,
+    tx: EventChunks<Result<PgEvent>>,
     shutdown: watch::Receiver<bool>,
     status: tokio::time::Interval,
     received: Lsn,
@@ -246,6 +255,12 @@ impl Reader {
                         return Ok(());
                     }
                 }
+                // Nothing more is ready to read: what was read goes to the pipeline now.
+                _ = std::future::ready(()), if !self.tx.is_empty() => {
+                    if let Flow::Stop = self.send_chunk().await? {
+                        return Ok(());
+                    }
+                }
                 _ = probe => {
                     probe_at = None;
                     self.send_status(true).await?;
@@ -261,30 +276,36 @@ impl Reader {
             .await
     }
 
-    /// Sends an event, answering status ticks while the channel is full.
+    /// Queues an event; a full chunk is sent.
     async fn emit(&mut self, ev: PgEvent) -> Result<Flow> {
-        match self.tx.try_reserve() {
-            Ok(permit) => {
-                permit.send(Ok(ev));
-                return Ok(Flow::Continue);
-            }
+        if self.tx.push(Ok(ev)) {
+            self.send_chunk().await
+        } else {
+            Ok(Flow::Continue)
+        }
+    }
+
+    /// Sends the queued events, answering status ticks while the channel is full.
+    async fn send_chunk(&mut self) -> Result<Flow> {
+        let chunk = self.tx.take();
+        let tx = self.tx.tx.clone();
+        let permit = match tx.try_reserve() {
+            Ok(permit) => permit,
             Err(mpsc::error::TrySendError::Closed(())) => return Ok(Flow::Stop), // pipeline gone
-            Err(mpsc::error::TrySendError::Full(())) => {}
-        }
-        let tx = self.tx.clone();
-        loop {
-            tokio::select! {
-                biased;
-                _ = self.shutdown.changed() => return Ok(Flow::Stop),
-                permit = tx.reserve() => {
-                    return match permit {
-                        Ok(p) => { p.send(Ok(ev)); Ok(Flow::Continue) }
-                        Err(_) => Ok(Flow::Stop),
-                    };
+            Err(mpsc::error::TrySendError::Full(())) => loop {
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.changed() => return Ok(Flow::Stop),
+                    permit = tx.reserve() => match permit {
+                        Ok(p) => break p,
+                        Err(_) => return Ok(Flow::Stop),
+                    },
+                    _ = self.status.tick() => self.send_status(true).await?,
                 }
-                _ = self.status.tick() => self.send_status(true).await?,
-            }
-        }
+            },
+        };
+        permit.send(chunk);
+        Ok(Flow::Continue)
     }
 
     async fn handle(&mut self, msg: ReplicationMessage) -> Result<Flow> {
