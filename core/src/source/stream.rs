@@ -173,10 +173,12 @@ mod tests {
         assert!(!tx.push(1));
         assert!(!tx.push(2));
         assert!(tx.push(3));
-        tx.tx.send(tx.take()).await.unwrap();
+        let chunk = tx.take();
+        tx.tx.send(chunk).await.unwrap();
         assert!(tx.is_empty());
         tx.push(4);
-        tx.tx.send(tx.take()).await.unwrap();
+        let chunk = tx.take();
+        tx.tx.send(chunk).await.unwrap();
         drop(tx);
         let mut got = Vec::new();
         while let Some(ev) = rx.recv().await {
