@@ -29,11 +29,16 @@ MANAGED_POLICIES: dict[str, str] = {}
 CDK_ONLY_PARAMETERS = {"BootstrapVersion"}
 
 # The DynamoDB actions kinesis-ingest calls at runtime (core/src/store/dynamodb.rs): DescribeTable
-# when it opens the store, GetItem and conditional UpdateItem for every load and save. No
-# CreateTable (the store is opened without --create-table), no DeleteItem (only `tidemark reset`),
-# no PutItem or Query (nothing calls them). The role of the function the mapping invokes allows
-# exactly these.
-INGEST_DYNAMODB_ACTIONS = {"dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:UpdateItem"}
+# when it opens the store, GetItem and conditional UpdateItem for every load and save, DeleteItem
+# for the parts of a checkpoint too large for one item once a save replaced them. No CreateTable
+# (the store is opened without --create-table), no PutItem or Query (nothing calls them). The
+# role of the function the mapping invokes allows exactly these.
+INGEST_DYNAMODB_ACTIONS = {
+    "dynamodb:DescribeTable",
+    "dynamodb:GetItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+}
 
 
 def sam_transform(path: str) -> dict:

@@ -69,16 +69,16 @@ fn python(script: &str, args: &[&str]) -> String {
 }
 
 /// One test's S3 prefix and DynamoDB table.
-struct Aws {
+pub(crate) struct Aws {
     /// The source URL the workers use.
-    source_url: String,
-    bucket: String,
-    prefix: String,
-    table: String,
+    pub(crate) source_url: String,
+    pub(crate) bucket: String,
+    pub(crate) prefix: String,
+    pub(crate) table: String,
 }
 
 impl Aws {
-    fn new(tag: &str) -> Aws {
+    pub(crate) fn new(tag: &str) -> Aws {
         require_stack();
         let id = fastrand::u64(..);
         Aws {
@@ -89,17 +89,23 @@ impl Aws {
         }
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
 
-    fn positions(&self) -> String {
+    pub(crate) fn positions(&self) -> String {
         format!("dynamodb://{}", self.table)
     }
 
     /// `tidemark run` for the scenario's pipeline with this output and position store, talking
     /// to AWS through `aws_endpoint`.
-    fn run(&self, s: &Scenario, aws_endpoint: &str, tables: &[&str], extra: &[&str]) -> Command {
+    pub(crate) fn run(
+        &self,
+        s: &Scenario,
+        aws_endpoint: &str,
+        tables: &[&str],
+        extra: &[&str],
+    ) -> Command {
         let mut c = Command::new(harness::bin());
         c.arg("run")
             .arg("--pipeline")
@@ -127,7 +133,7 @@ impl Aws {
     }
 
     /// `--until-caught-up` once, which must succeed; returns its log.
-    fn catch_up(&self, s: &Scenario, aws_endpoint: &str, tables: &[&str]) -> String {
+    pub(crate) fn catch_up(&self, s: &Scenario, aws_endpoint: &str, tables: &[&str]) -> String {
         let started = Instant::now();
         let out = self
             .run(
@@ -157,7 +163,7 @@ impl Aws {
 
     /// Downloads every current object under the prefix into `dest`, laid out as the local output
     /// would be (`dest/<pipeline>/<schema>.<table>/...`). Returns the number of objects.
-    fn download(&self, dest: &Path) -> usize {
+    pub(crate) fn download(&self, dest: &Path) -> usize {
         let _ = std::fs::remove_dir_all(dest);
         std::fs::create_dir_all(dest).unwrap();
         let script = r#"
@@ -185,12 +191,14 @@ print(n)
         .expect("object count")
     }
 
-    /// The pipeline's DynamoDB item: `{"checkpoint": {...}, "lease_owner", "lease_epoch", ...}`.
-    fn item(&self, pipeline: &str) -> Json {
+    /// The pipeline's DynamoDB item: `{"checkpoint": {...}, "lease_owner", "lease_epoch", ...}`
+    /// (a binary attribute as its length).
+    pub(crate) fn item(&self, pipeline: &str) -> Json {
         let script = r#"
 import json, sys, boto3
 r = boto3.client('dynamodb').get_item(TableName=sys.argv[1], Key={'pk': {'S': 'pipeline#' + sys.argv[2]}}, ConsistentRead=True)
 item = {k: list(v.values())[0] for k, v in r.get('Item', {}).items()}
+item = {k: len(v) if isinstance(v, bytes) else v for k, v in item.items()}
 if 'checkpoint' in item:
     item['checkpoint'] = json.loads(item['checkpoint'])
 print(json.dumps(item))
@@ -198,7 +206,7 @@ print(json.dumps(item))
         serde_json::from_str(&python(script, &[&self.table, pipeline])).expect("item json")
     }
 
-    fn drop_table(&self) {
+    pub(crate) fn drop_table(&self) {
         python(
             "import sys, boto3; boto3.client('dynamodb').delete_table(TableName=sys.argv[1])",
             &[&self.table],

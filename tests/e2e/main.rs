@@ -3,6 +3,7 @@
 
 mod athena_views;
 mod aws_failures;
+mod checkpoint_size;
 mod cli;
 mod dynamodb_store;
 mod kinesis_lambda;

@@ -9,12 +9,23 @@
 //! |--------------------|------|---------|
 //! | `pk`               | S    | `pipeline#<name>` (partition key). Reserved for per-shard items: `pipeline#<name>#shard#<id>` |
 //! | `version`          | N    | [`Checkpoint::version`]: the compare-and-swap token of saves |
-//! | `checkpoint`       | S    | the [`Checkpoint`] as JSON: the source of truth |
+//! | `checkpoint`       | S    | the [`Checkpoint`] as JSON: the source of truth (one of the next two instead when larger) |
+//! | `checkpoint_zstd`  | B    | the JSON zstd-compressed, when the JSON is over 64 KiB |
+//! | `checkpoint_parts` | S    | `<id> <count> <bytes>`, when even that is over 64 KiB: the compressed JSON is in `count` part items |
 //! | `position`         | S    | the committed position, human-readable, for consoles (absent while none) |
 //! | `updated_at`       | S    | RFC 3339 time of the last save |
 //! | `lease_owner`      | S    | the worker holding the [`Lease`] |
 //! | `lease_epoch`      | N    | fencing token: +1 whenever another owner takes the lease over |
 //! | `lease_expires_at` | N    | lease expiry, UNIX milliseconds (0 after a release) |
+//!
+//! A part item, `pipeline#<name>#checkpoint#<id>#<i>`, holds 256 KiB of the compressed JSON in
+//! `data` (B). `<id>` is the saved version and a random number, unique to one save: a save
+//! writes its parts first and never overwrites parts a stored checkpoint refers to. After its
+//! conditional write succeeds it deletes the parts the previous version used (a rejected save
+//! deletes its own); a reader that finds a part gone reads the item again. So every item stays
+//! far below DynamoDB's 400 KB limit whatever the number of tables a checkpoint names (intent
+//! keys, captured and finished tables, skip rules). A worker that dies between its save and
+//! that clean-up leaves the previous parts behind, unread.
 //!
 //! Checkpoint and lease attributes are written independently: saves never touch the lease
 //! attributes and lease operations never change `version`. So an item may hold only a lease
@@ -44,10 +55,10 @@
 //! `dynamodb:` permission), rejected credentials or no region are [`ErrorKind::Config`].
 //!
 //! Permissions on the table: `dynamodb:DescribeTable` (open), `GetItem` (load; save and acquire
-//! read first) and `UpdateItem` (saves and lease operations); `DeleteItem` only for `delete`
-//! (`tidemark reset`) and `CreateTable` only with `--create-table`.
+//! read first), `UpdateItem` (saves and lease operations), `DeleteItem` (replaced checkpoint
+//! parts, and `delete` for `tidemark reset`); `CreateTable` only with `--create-table`.
 //! Nothing else is called (no `PutItem`, `Query` or `Scan`): the kinesis-ingest and baseline
-//! functions' roles allow just the first three (`template.yaml`, `infra/cdk`).
+//! functions' roles allow just the first four (`template.yaml`, `infra/cdk`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,6 +68,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
@@ -75,6 +87,10 @@ pub type Item = HashMap<String, AttributeValue>;
 const PK: &str = "pk";
 const VERSION: &str = "version";
 const CHECKPOINT: &str = "checkpoint";
+const CHECKPOINT_ZSTD: &str = "checkpoint_zstd";
+const CHECKPOINT_PARTS: &str = "checkpoint_parts";
+/// The one attribute of a part item.
+const PART_DATA: &str = "data";
 const POSITION: &str = "position";
 const UPDATED_AT: &str = "updated_at";
 const LEASE_OWNER: &str = "lease_owner";
@@ -83,6 +99,13 @@ const LEASE_EXPIRES_AT: &str = "lease_expires_at";
 
 /// SDK attempts per request (standard retry mode) unless the AWS configuration sets another.
 const MAX_ATTEMPTS: u32 = 8;
+/// Largest checkpoint body (JSON, or compressed JSON) kept in the pipeline's own item: with
+/// the other attributes the item stays far below DynamoDB's 400 KB limit.
+const INLINE_MAX: usize = 64 * 1024;
+/// Bytes of compressed checkpoint per part item.
+const PART_MAX: usize = 256 * 1024;
+/// Reads of a checkpoint whose parts a newer save replaced while it was read.
+const READ_ATTEMPTS: usize = 5;
 /// How long `open` waits for a table to become ACTIVE.
 const TABLE_ACTIVE_WAIT: Duration = Duration::from_secs(120);
 /// Conditional-write rounds of one `acquire_lease` before giving up on a contended lease.
@@ -106,6 +129,60 @@ pub struct DynamoStore {
 struct Stored {
     checkpoint: Option<Checkpoint>,
     lease: Option<Lease>,
+    /// The part items the checkpoint is read from, if it is that large.
+    parts: Option<Parts>,
+}
+
+/// How a checkpoint's JSON is held: in the item as text, in the item compressed (zstd), or
+/// compressed and cut into part items (see the module documentation).
+#[derive(Debug, Clone, PartialEq)]
+enum Body {
+    Json(String),
+    Zstd(Vec<u8>),
+    Parts(Parts),
+}
+
+/// A checkpoint stored in part items: `id` is unique to one save (its version and a random
+/// number), so a save never overwrites parts that a stored checkpoint refers to.
+#[derive(Debug, Clone, PartialEq)]
+struct Parts {
+    id: String,
+    count: usize,
+    bytes: usize,
+}
+
+impl Parts {
+    /// The `checkpoint_parts` attribute: `<id> <count> <bytes>`.
+    fn attribute(&self) -> String {
+        format!("{} {} {}", self.id, self.count, self.bytes)
+    }
+
+    fn parse(text: &str) -> Option<Parts> {
+        let mut it = text.split(' ');
+        let id = it.next().filter(|id| !id.is_empty() && !id.contains('#'))?;
+        let count = it.next()?.parse().ok()?;
+        let bytes = it.next()?.parse().ok()?;
+        it.next().is_none().then(|| Parts {
+            id: id.to_string(),
+            count,
+            bytes,
+        })
+    }
+
+    /// The partition key of part `i`.
+    fn key(&self, pipeline: &str, i: usize) -> AttributeValue {
+        AttributeValue::S(format!("pipeline#{pipeline}#checkpoint#{}#{i}", self.id))
+    }
+}
+
+/// A pipeline item as read: the lease, and the checkpoint or the parts it must be read from.
+enum Parsed {
+    Whole(Box<Stored>),
+    InParts {
+        parts: Parts,
+        version: Option<u64>,
+        lease: Option<Lease>,
+    },
 }
 
 /// The result of a conditional write.
@@ -164,9 +241,122 @@ impl DynamoStore {
     }
 
     async fn read(&self, pipeline: &str) -> Result<Stored> {
-        match self.raw_item(pipeline).await? {
-            Some(item) => parse_item(&self.table, pipeline, &item),
-            None => Ok(Stored::default()),
+        for _ in 0..READ_ATTEMPTS {
+            let parsed = match self.raw_item(pipeline).await? {
+                Some(item) => parse_item(&self.table, pipeline, &item)?,
+                None => return Ok(Stored::default()),
+            };
+            if let Some(stored) = self.resolve(pipeline, parsed).await? {
+                return Ok(stored);
+            }
+        }
+        Err(Error::transient(format!(
+            "DynamoDB table {}: the checkpoint of pipeline {pipeline:?} was replaced {READ_ATTEMPTS} times while it was read",
+            self.table
+        )))
+    }
+
+    /// The lease alone (a checkpoint's parts are not read).
+    async fn read_lease(&self, pipeline: &str) -> Result<Option<Lease>> {
+        Ok(match self.raw_item(pipeline).await? {
+            None => None,
+            Some(item) => match parse_item(&self.table, pipeline, &item)? {
+                Parsed::Whole(stored) => stored.lease,
+                Parsed::InParts { lease, .. } => lease,
+            },
+        })
+    }
+
+    /// The stored checkpoint, its parts read; `None` when a part is gone (a newer save
+    /// replaced them since the item was read: read the item again).
+    async fn resolve(&self, pipeline: &str, parsed: Parsed) -> Result<Option<Stored>> {
+        let (parts, version, lease) = match parsed {
+            Parsed::Whole(stored) => return Ok(Some(*stored)),
+            Parsed::InParts {
+                parts,
+                version,
+                lease,
+            } => (parts, version, lease),
+        };
+        let mut zstd = Vec::with_capacity(parts.bytes);
+        for i in 0..parts.count {
+            let out = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .key(PK, parts.key(pipeline, i))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| sdk_error(e, &self.table, "GetItem"))?;
+            let Some(item) = out.item else {
+                return Ok(None);
+            };
+            match item.get(PART_DATA).map(AttributeValue::as_b) {
+                Some(Ok(data)) => zstd.extend_from_slice(data.as_ref()),
+                _ => {
+                    return Err(invalid(
+                        &self.table,
+                        pipeline,
+                        &format!("part {i} has no data"),
+                    ));
+                }
+            }
+        }
+        if zstd.len() != parts.bytes {
+            return Err(invalid(
+                &self.table,
+                pipeline,
+                &format!("its parts hold {} bytes, not {}", zstd.len(), parts.bytes),
+            ));
+        }
+        let json = unzstd(&self.table, pipeline, &zstd)?;
+        let checkpoint = checkpoint_of(&self.table, pipeline, &json, version)?;
+        Ok(Some(Stored {
+            checkpoint: Some(checkpoint),
+            lease,
+            parts: Some(parts),
+        }))
+    }
+
+    /// How `next` is stored, writing its part items first when it needs them.
+    async fn write_body(&self, next: &Checkpoint) -> Result<Body> {
+        let body = Body::of(next)?;
+        let Body::Parts(parts) = &body else {
+            return Ok(body);
+        };
+        let zstd = compress(next)?;
+        for (i, chunk) in zstd.chunks(PART_MAX).enumerate() {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, parts.key(&next.pipeline, i))
+                .update_expression("SET #data = :data")
+                .expression_attribute_names("#data", PART_DATA)
+                .expression_attribute_values(":data", AttributeValue::B(Blob::new(chunk)))
+                .send()
+                .await
+                .map_err(|e| sdk_error(e, &self.table, "UpdateItem"))?;
+        }
+        Ok(body)
+    }
+
+    /// Deletes part items no stored checkpoint refers to. Best effort: a part left behind is
+    /// never read again.
+    async fn delete_parts(&self, pipeline: &str, parts: &Parts) {
+        for i in 0..parts.count {
+            if let Err(e) = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .key(PK, parts.key(pipeline, i))
+                .send()
+                .await
+            {
+                let e = sdk_error(e, &self.table, "DeleteItem");
+                tracing::warn!(pipeline, parts = %parts.id, error = %e.one_line(), "could not delete a replaced checkpoint part");
+                return;
+            }
         }
     }
 
@@ -193,8 +383,15 @@ impl DynamoStore {
                     UpdateItemError::ConditionalCheckFailedException(c) => c.item().cloned(),
                     _ => None,
                 };
-                let now = match returned {
-                    Some(item) => parse_item(&self.table, pipeline, &item)?,
+                let resolved = match returned {
+                    Some(item) => {
+                        let parsed = parse_item(&self.table, pipeline, &item)?;
+                        self.resolve(pipeline, parsed).await?
+                    }
+                    None => None,
+                };
+                let now = match resolved {
+                    Some(now) => now,
                     None => self.read(pipeline).await?,
                 };
                 Ok(Outcome::Rejected(Box::new(now)))
@@ -212,8 +409,9 @@ impl DynamoStore {
         next: &Checkpoint,
         lease: Option<&Lease>,
     ) -> Result<()> {
+        let body = self.write_body(next).await?;
         match self
-            .conditional_update(&next.pipeline, save_write(expected, next, lease)?)
+            .conditional_update(&next.pipeline, save_write(expected, next, lease, &body))
             .await?
         {
             Outcome::Written => Ok(()),
@@ -339,13 +537,24 @@ impl PositionStore for DynamoStore {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let p = next.pipeline.as_str();
-            let w = save_write(expected, next, lease)?;
             let stored = self.read(p).await?;
             check_lease(stored.lease.as_ref(), lease)?;
             check_transition(stored.checkpoint.as_ref(), expected, next)?;
+            let body = self.write_body(next).await?;
+            let w = save_write(expected, next, lease, &body);
+            // An error here leaves it unknown whether the item now refers to new parts: they
+            // are kept.
             match self.conditional_update(p, w).await? {
-                Outcome::Written => Ok(()),
+                Outcome::Written => {
+                    if let Some(old) = stored.parts.filter(|old| Some(old) != body.parts()) {
+                        self.delete_parts(p, &old).await;
+                    }
+                    Ok(())
+                }
                 Outcome::Rejected(now) => {
+                    if let Some(parts) = body.parts() {
+                        self.delete_parts(p, parts).await;
+                    }
                     // Explain with the same checks against the state that won.
                     check_lease(now.lease.as_ref(), lease)?;
                     check_transition(now.checkpoint.as_ref(), expected, next)?;
@@ -360,6 +569,14 @@ impl PositionStore for DynamoStore {
     fn delete<'a>(&'a self, pipeline: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             validate_pipeline(pipeline)?;
+            if let Some(Parsed::InParts { parts, .. }) = self
+                .raw_item(pipeline)
+                .await?
+                .map(|item| parse_item(&self.table, pipeline, &item))
+                .transpose()?
+            {
+                self.delete_parts(pipeline, &parts).await;
+            }
             self.client
                 .delete_item()
                 .table_name(&self.table)
@@ -378,7 +595,7 @@ impl PositionStore for DynamoStore {
         ttl_ms: i64,
     ) -> BoxFuture<'a, Result<Lease>> {
         Box::pin(async move {
-            let mut stored = self.read(pipeline).await?.lease;
+            let mut stored = self.read_lease(pipeline).await?;
             for _ in 0..ACQUIRE_ROUNDS {
                 let granted = grant_lease(stored.as_ref(), pipeline, owner, ttl_ms, now_ms())?;
                 match self
@@ -428,7 +645,7 @@ impl PositionStore for DynamoStore {
     }
 
     fn lease<'a>(&'a self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<Lease>>> {
-        Box::pin(async move { Ok(self.read(pipeline).await?.lease) })
+        Box::pin(async move { self.read_lease(pipeline).await })
     }
 
     fn url(&self) -> String {
@@ -553,21 +770,34 @@ fn n(v: impl std::fmt::Display) -> AttributeValue {
 }
 
 /// The save of `next`: checkpoint attributes only, conditional on `expected` and `lease`.
-fn save_write(expected: Option<u64>, next: &Checkpoint, lease: Option<&Lease>) -> Result<Write> {
-    let json = serde_json::to_string(next)
-        .map_err(|e| Error::with_source(ErrorKind::Fatal, "serializing checkpoint", e))?;
+/// `body` is how the checkpoint is held ([`Body::of`]); the other two forms are removed.
+fn save_write(
+    expected: Option<u64>,
+    next: &Checkpoint,
+    lease: Option<&Lease>,
+    body: &Body,
+) -> Write {
+    let (attr, value) = match body {
+        Body::Json(json) => (CHECKPOINT, AttributeValue::S(json.clone())),
+        Body::Zstd(z) => (CHECKPOINT_ZSTD, AttributeValue::B(Blob::new(z.clone()))),
+        Body::Parts(parts) => (CHECKPOINT_PARTS, AttributeValue::S(parts.attribute())),
+    };
     let mut w = Write::default();
     let mut set = vec![
         w.is(VERSION, "version", n(next.version)),
-        w.is(CHECKPOINT, "checkpoint", AttributeValue::S(json)),
+        w.is(attr, "checkpoint", value),
         w.is(UPDATED_AT, "updated_at", s(&next.updated_at)),
     ];
-    let mut remove = String::new();
+    let mut remove: Vec<String> = [CHECKPOINT, CHECKPOINT_ZSTD, CHECKPOINT_PARTS]
+        .into_iter()
+        .filter(|a| *a != attr)
+        .map(|a| w.name(a))
+        .collect();
     match &next.position {
         Some(p) => set.push(w.is(POSITION, "position", AttributeValue::S(p.to_string()))),
-        None => remove = format!(" REMOVE {}", w.name(POSITION)),
+        None => remove.push(w.name(POSITION)),
     }
-    w.update = format!("SET {}{remove}", set.join(", "));
+    w.update = format!("SET {} REMOVE {}", set.join(", "), remove.join(", "));
     w.condition = match expected {
         None => format!("attribute_not_exists({})", w.name(VERSION)),
         Some(e) => w.is(VERSION, "expected", n(e)),
@@ -576,7 +806,79 @@ fn save_write(expected: Option<u64>, next: &Checkpoint, lease: Option<&Lease>) -
         let held = w.held_by(l);
         w.condition = format!("{} AND {held}", w.condition);
     }
-    Ok(w)
+    w
+}
+
+impl Body {
+    /// The smallest form that keeps the pipeline's item within [`INLINE_MAX`].
+    fn of(cp: &Checkpoint) -> Result<Body> {
+        let json = serde_json::to_string(cp)
+            .map_err(|e| Error::with_source(ErrorKind::Fatal, "serializing checkpoint", e))?;
+        if json.len() <= INLINE_MAX {
+            return Ok(Body::Json(json));
+        }
+        let z = compress(cp)?;
+        if z.len() <= INLINE_MAX {
+            return Ok(Body::Zstd(z));
+        }
+        Ok(Body::Parts(Parts {
+            id: format!("{}-{:016x}", cp.version, fastrand::u64(..)),
+            count: z.len().div_ceil(PART_MAX),
+            bytes: z.len(),
+        }))
+    }
+
+    fn parts(&self) -> Option<&Parts> {
+        match self {
+            Body::Parts(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// The checkpoint's JSON, zstd-compressed.
+fn compress(cp: &Checkpoint) -> Result<Vec<u8>> {
+    let json = serde_json::to_vec(cp)
+        .map_err(|e| Error::with_source(ErrorKind::Fatal, "serializing checkpoint", e))?;
+    zstd::encode_all(&json[..], 3)
+        .map_err(|e| Error::with_source(ErrorKind::Fatal, "compressing checkpoint", e))
+}
+
+fn unzstd(table: &str, pipeline: &str, z: &[u8]) -> Result<Vec<u8>> {
+    zstd::decode_all(z)
+        .map_err(|e| invalid(table, pipeline, &format!("checkpoint compression: {e}")))
+}
+
+/// The item of `pipeline` cannot be read as a checkpoint.
+fn invalid(table: &str, pipeline: &str, what: &str) -> Error {
+    Error::fatal(format!(
+        "DynamoDB table {table}: the item of pipeline {pipeline:?} is not valid ({what}): repair it or remove it (tidemark reset)"
+    ))
+}
+
+/// The checkpoint in `json`, checked against the item's `version` and key.
+fn checkpoint_of(
+    table: &str,
+    pipeline: &str,
+    json: &[u8],
+    version: Option<u64>,
+) -> Result<Checkpoint> {
+    let bad = |what: &str| invalid(table, pipeline, what);
+    let cp: Checkpoint =
+        serde_json::from_slice(json).map_err(|e| bad(&format!("checkpoint: {e}")))?;
+    if version != Some(cp.version) {
+        return Err(bad(&format!(
+            "version {version:?} differs from the checkpoint's {}",
+            cp.version
+        )));
+    }
+    if cp.pipeline != pipeline {
+        return Err(bad(&format!(
+            "holds the checkpoint of pipeline {:?}",
+            cp.pipeline
+        )));
+    }
+    Ok(cp)
 }
 
 /// Replaces the observed lease `stored` (none: no lease attributes) with `granted`.
@@ -611,13 +913,10 @@ fn holder_write(lease: &Lease, expires_at_ms: i64) -> Write {
     w
 }
 
-/// Reads a pipeline item. Checkpoint and lease attributes are each optional as a group.
-fn parse_item(table: &str, pipeline: &str, item: &Item) -> Result<Stored> {
-    let bad = |what: &str| {
-        Error::fatal(format!(
-            "DynamoDB table {table}: the item of pipeline {pipeline:?} is not valid ({what}): repair it or remove it (tidemark reset)"
-        ))
-    };
+/// Reads a pipeline item. Checkpoint and lease attributes are each optional as a group; the
+/// checkpoint is in one of three forms ([`Body`]).
+fn parse_item(table: &str, pipeline: &str, item: &Item) -> Result<Parsed> {
+    let bad = |what: &str| invalid(table, pipeline, what);
     let string = |attr: &str| -> Result<Option<&String>> {
         match item.get(attr) {
             None => Ok(None),
@@ -634,27 +933,6 @@ fn parse_item(table: &str, pipeline: &str, item: &Item) -> Result<Stored> {
                 .as_n()
                 .map(Some)
                 .map_err(|_| bad(&format!("{attr} is not a number"))),
-        }
-    };
-    let checkpoint = match string(CHECKPOINT)? {
-        None => None,
-        Some(json) => {
-            let cp: Checkpoint =
-                serde_json::from_str(json).map_err(|e| bad(&format!("checkpoint: {e}")))?;
-            let version = number(VERSION)?.and_then(|v| v.parse::<u64>().ok());
-            if version != Some(cp.version) {
-                return Err(bad(&format!(
-                    "version {version:?} differs from the checkpoint's {}",
-                    cp.version
-                )));
-            }
-            if cp.pipeline != pipeline {
-                return Err(bad(&format!(
-                    "holds the checkpoint of pipeline {:?}",
-                    cp.pipeline
-                )));
-            }
-            Some(cp)
         }
     };
     let lease = match string(LEASE_OWNER)? {
@@ -674,7 +952,39 @@ fn parse_item(table: &str, pipeline: &str, item: &Item) -> Result<Stored> {
             })
         }
     };
-    Ok(Stored { checkpoint, lease })
+    let version = number(VERSION)?.and_then(|v| v.parse::<u64>().ok());
+    let zstd = match item.get(CHECKPOINT_ZSTD) {
+        None => None,
+        Some(v) => Some(
+            v.as_b()
+                .map_err(|_| bad(&format!("{CHECKPOINT_ZSTD} is not binary")))?,
+        ),
+    };
+    let checkpoint = match (string(CHECKPOINT)?, zstd, string(CHECKPOINT_PARTS)?) {
+        (None, None, None) => None,
+        (Some(json), None, None) => Some(checkpoint_of(table, pipeline, json.as_bytes(), version)?),
+        (None, Some(z), None) => Some(checkpoint_of(
+            table,
+            pipeline,
+            &unzstd(table, pipeline, z.as_ref())?,
+            version,
+        )?),
+        (None, None, Some(parts)) => {
+            let parts =
+                Parts::parse(parts).ok_or_else(|| bad(&format!("{CHECKPOINT_PARTS} {parts:?}")))?;
+            return Ok(Parsed::InParts {
+                parts,
+                version,
+                lease,
+            });
+        }
+        _ => return Err(bad("it holds more than one form of checkpoint")),
+    };
+    Ok(Parsed::Whole(Box::new(Stored {
+        checkpoint,
+        lease,
+        parts: None,
+    })))
 }
 
 /// Maps an SDK error of `action` (the DynamoDB API name) on `table` to a tidemark error; the
@@ -715,6 +1025,14 @@ mod tests {
     use crate::position::{Lsn, PgPosition};
     use crate::store::SourcePosition;
 
+    /// `parse_item` of an item that holds its whole checkpoint.
+    fn parse(table: &str, pipeline: &str, item: &Item) -> Result<Stored> {
+        match parse_item(table, pipeline, item)? {
+            Parsed::Whole(stored) => Ok(*stored),
+            Parsed::InParts { parts, .. } => panic!("in parts: {parts:?}"),
+        }
+    }
+
     fn lease(owner: &str, epoch: u64, expires_at_ms: i64) -> Lease {
         Lease {
             pipeline: "p".into(),
@@ -745,11 +1063,12 @@ mod tests {
     #[test]
     fn first_save_requires_no_version() {
         let cp = Checkpoint::new("p").next();
-        let w = save_write(None, &cp, None).unwrap();
+        let w = save_write(None, &cp, None, &Body::of(&cp).unwrap());
         assert_eq!(w.condition, "attribute_not_exists(#version)");
         assert_eq!(
             w.update,
-            "SET #version = :version, #checkpoint = :checkpoint, #updated_at = :updated_at REMOVE #position"
+            "SET #version = :version, #checkpoint = :checkpoint, #updated_at = :updated_at \
+             REMOVE #checkpoint_zstd, #checkpoint_parts, #position"
         );
         assert_eq!(sv(&w, ":version"), "1");
         assert_eq!(
@@ -766,7 +1085,12 @@ mod tests {
             Lsn(100),
             Lsn(108),
         )));
-        let w = save_write(Some(1), &cp, Some(&lease("w-a", 3, 99))).unwrap();
+        let w = save_write(
+            Some(1),
+            &cp,
+            Some(&lease("w-a", 3, 99)),
+            &Body::of(&cp).unwrap(),
+        );
         assert_eq!(
             w.condition,
             "#version = :expected AND #lease_owner = :owner AND #lease_epoch = :epoch"
@@ -774,7 +1098,8 @@ mod tests {
         assert!(
             w.update.starts_with("SET ")
                 && w.update.contains("#position = :position")
-                && !w.update.contains("REMOVE")
+                && w.update
+                    .ends_with(" REMOVE #checkpoint_zstd, #checkpoint_parts")
         );
         assert!(
             !w.update.contains("lease"),
@@ -845,7 +1170,7 @@ mod tests {
     fn stored_item(cp: &Checkpoint, l: Option<&Lease>) -> Item {
         let mut item = Item::new();
         item.insert(PK.into(), key(&cp.pipeline));
-        let w = save_write(None, cp, None).unwrap();
+        let w = save_write(None, cp, None, &Body::of(cp).unwrap());
         for (attr, ph) in [
             (VERSION, ":version"),
             (CHECKPOINT, ":checkpoint"),
@@ -866,20 +1191,87 @@ mod tests {
         item
     }
 
+    /// A checkpoint naming `n` tables (the captured list and one intent key each).
+    fn wide(n: usize, random: bool) -> Checkpoint {
+        let mut cp = Checkpoint::new("p").next();
+        let tables: Vec<_> = (0..n)
+            .map(|i| crate::change::TableId::new("sales", format!("orders_{i:05}")))
+            .collect();
+        cp.intent = Some(crate::store::WriteIntent {
+            from: None,
+            to: SourcePosition::Postgres(PgPosition::complete(Lsn(1), Lsn(2))),
+            keys: tables
+                .iter()
+                .map(|t| match random {
+                    true => format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+                    false => format!(
+                        "p/{t}/changes/dt=2026-12-07/0000000000000001-0000000000000000.parquet"
+                    ),
+                })
+                .collect(),
+            started_ms: None,
+        });
+        cp.tables = Some(tables);
+        cp
+    }
+
+    #[test]
+    fn bodies_stay_small_whatever_the_checkpoint() {
+        assert!(matches!(Body::of(&wide(10, false)).unwrap(), Body::Json(_)));
+        let Body::Zstd(z) = Body::of(&wide(3000, false)).unwrap() else {
+            panic!("3,000 tables compress into the item")
+        };
+        assert!(z.len() <= INLINE_MAX);
+        let Body::Parts(parts) = Body::of(&wide(30_000, true)).unwrap() else {
+            panic!("30,000 random keys go to parts")
+        };
+        assert!(parts.count >= 2 && parts.bytes > PART_MAX, "{parts:?}");
+        assert_eq!(Parts::parse(&parts.attribute()), Some(parts));
+        for bad in ["", "a", "a 1", "a 1 2 3", "a#b 1 2", "a x 2"] {
+            assert_eq!(Parts::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn compressed_items_read_back_and_parts_are_named() {
+        let cp = wide(3000, false);
+        let w = save_write(None, &cp, None, &Body::of(&cp).unwrap());
+        let mut item = Item::new();
+        for (attr, ph) in [(VERSION, ":version"), (CHECKPOINT_ZSTD, ":checkpoint")] {
+            item.insert(attr.into(), w.values[ph].clone());
+        }
+        assert_eq!(parse("t", "p", &item).unwrap().checkpoint, Some(cp));
+        item.insert(CHECKPOINT.into(), s("{}"));
+        assert!(parse("t", "p", &item).is_err(), "two forms at once");
+
+        let mut parted = Item::new();
+        parted.insert(VERSION.into(), n(9));
+        parted.insert(CHECKPOINT_PARTS.into(), s("9-ab 3 600000"));
+        let Parsed::InParts { parts, version, .. } = parse_item("t", "p", &parted).unwrap() else {
+            panic!("parts")
+        };
+        assert_eq!(version, Some(9));
+        assert_eq!(
+            parts.key("p", 2),
+            AttributeValue::S("pipeline#p#checkpoint#9-ab#2".into())
+        );
+    }
+
     #[test]
     fn items_map_to_checkpoint_and_lease() {
         let cp = Checkpoint::new("p").next();
         let l = lease("w-a", 7, 1_700_000_000_000);
-        let both = parse_item("t", "p", &stored_item(&cp, Some(&l))).unwrap();
+        let both = parse("t", "p", &stored_item(&cp, Some(&l))).unwrap();
         assert_eq!(
             both,
             Stored {
                 checkpoint: Some(cp.clone()),
-                lease: Some(l.clone())
+                lease: Some(l.clone()),
+                parts: None,
             }
         );
         assert_eq!(
-            parse_item("t", "p", &stored_item(&cp, None)).unwrap().lease,
+            parse("t", "p", &stored_item(&cp, None)).unwrap().lease,
             None
         );
 
@@ -889,16 +1281,14 @@ mod tests {
             lease_only.remove(a);
         }
         assert_eq!(
-            parse_item("t", "p", &lease_only).unwrap(),
+            parse("t", "p", &lease_only).unwrap(),
             Stored {
                 checkpoint: None,
-                lease: Some(l)
+                lease: Some(l),
+                parts: None,
             }
         );
-        assert_eq!(
-            parse_item("t", "p", &Item::new()).unwrap(),
-            Stored::default()
-        );
+        assert_eq!(parse("t", "p", &Item::new()).unwrap(), Stored::default());
     }
 
     #[test]
@@ -906,12 +1296,12 @@ mod tests {
         let cp = Checkpoint::new("p").next();
         let mut item = stored_item(&cp, None);
         item.insert(VERSION.into(), n(5));
-        let e = parse_item("t", "p", &item).unwrap_err();
+        let e = parse("t", "p", &item).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Fatal);
         assert!(e.to_string().contains("differs"), "{e}");
 
         item.insert(CHECKPOINT.into(), s("{not json"));
-        let e = parse_item("t", "p", &item).unwrap_err();
+        let e = parse("t", "p", &item).unwrap_err();
         assert!(
             e.to_string().contains("table t") && e.to_string().contains("tidemark reset"),
             "{e}"
@@ -919,9 +1309,9 @@ mod tests {
 
         let mut item = stored_item(&cp, Some(&lease("w", 1, 1)));
         item.insert(LEASE_EPOCH.into(), s("one"));
-        assert!(parse_item("t", "p", &item).is_err());
+        assert!(parse("t", "p", &item).is_err());
         assert!(
-            parse_item("t", "other", &stored_item(&cp, None)).is_err(),
+            parse("t", "other", &stored_item(&cp, None)).is_err(),
             "checkpoint of another pipeline"
         );
     }

@@ -506,6 +506,85 @@ pub mod conformance {
         store.delete(&p).await.unwrap();
 
         leases(store).await;
+        large_checkpoints(store).await;
+    }
+
+    /// A checkpoint as wide as 3,000 tables (one transaction's intent naming an object per
+    /// table, the captured list, a snapshot's finished tables and skip rules), and one of
+    /// incompressible keys several times DynamoDB's 400 KB item limit, round-trip exactly;
+    /// the compare-and-swap still refuses a stale writer; and a small save after a large one
+    /// reads back small.
+    pub async fn large_checkpoints(store: &dyn PositionStore) {
+        let p = format!("wide-{:x}", fastrand::u64(..));
+        let tables: Vec<TableId> = (0..3000)
+            .map(|i| TableId::new("sales_archive", format!("orders_by_region_{i:05}")))
+            .collect();
+        let mut wide = Checkpoint::new(&p).next();
+        wide.position = pos(100);
+        wide.tables = Some(tables.clone());
+        wide.snapshot = Some(SnapshotProgress {
+            snapshot_id: "20261207T000000Z".into(),
+            consistent_point: Lsn(100),
+            start: None,
+            tables_done: tables.clone(),
+            done: true,
+            current: None,
+            skips: tables
+                .iter()
+                .map(|t| SkipRule {
+                    table: t.clone(),
+                    before: Lsn(200),
+                    key_above: Some(1_000_000),
+                })
+                .collect(),
+        });
+        wide.intent = Some(WriteIntent {
+            from: pos(100),
+            to: pos(300).unwrap(),
+            keys: tables
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{p}/{t}/changes/dt=2026-12-07/00000000012C0000-0000000000000000-{:016x}.parquet",
+                        fastrand::u64(..)
+                    )
+                })
+                .collect(),
+            started_ms: None,
+        });
+        store.save(None, &wide, None).await.unwrap();
+        assert_eq!(store.load(&p).await.unwrap().as_ref(), Some(&wide));
+
+        // Incompressible: 1.6 MB of random key names.
+        let mut huge = wide.next();
+        if let Some(i) = huge.intent.as_mut() {
+            i.keys = (0..12_000)
+                .map(|_| {
+                    (0..8)
+                        .map(|_| format!("{:016x}", fastrand::u64(..)))
+                        .collect::<String>()
+                })
+                .collect();
+        }
+        store.save(wide.expected(), &huge, None).await.unwrap();
+        assert_eq!(store.load(&p).await.unwrap().as_ref(), Some(&huge));
+
+        // A stale writer of a large checkpoint changes nothing.
+        let mut stale = wide.next();
+        stale.position = pos(400);
+        let e = store.save(wide.expected(), &stale, None).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        assert_eq!(store.load(&p).await.unwrap().as_ref(), Some(&huge));
+
+        let mut small = huge.next();
+        small.position = pos(300);
+        small.intent = None;
+        small.snapshot = None;
+        small.tables = None;
+        store.save(huge.expected(), &small, None).await.unwrap();
+        assert_eq!(store.load(&p).await.unwrap().as_ref(), Some(&small));
+        store.delete(&p).await.unwrap();
+        assert_eq!(store.load(&p).await.unwrap(), None);
     }
 
     /// Leases: one owner at a time, takeover only after expiry with a new epoch, fenced saves.

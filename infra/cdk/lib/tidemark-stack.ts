@@ -270,11 +270,12 @@ export class TidemarkStack extends Stack {
     const workerLogs = logGroup('WorkerLogGroup');
 
     // The positions table: what the functions call is DescribeTable when they open the store,
-    // GetItem and (conditional) UpdateItem for every load and save (infra/deploy/compare.py
-    // checks kinesis-ingest's). The worker also deletes items for `tidemark reset`.
+    // GetItem and (conditional) UpdateItem for every load and save, DeleteItem for the parts of
+    // a checkpoint too large for one item once replaced (infra/deploy/compare.py checks
+    // kinesis-ingest's). The worker also deletes items for `tidemark reset`.
     const positionsAccess = (...actions: string[]) =>
       new iam.PolicyStatement({ actions: actions.map((a) => `dynamodb:${a}`), resources: [table.tableArn] });
-    const positionsCalls = ['DescribeTable', 'GetItem', 'UpdateItem'];
+    const positionsCalls = ['DescribeTable', 'GetItem', 'UpdateItem', 'DeleteItem'];
     const objectWrites = ['s3:PutObject', 's3:GetObject', 's3:DeleteObject', 's3:AbortMultipartUpload'];
     const writeLogs = (group: logs.LogGroup) =>
       new iam.PolicyStatement({
@@ -459,7 +460,7 @@ export class TidemarkStack extends Stack {
         resources: [bucket.bucketArn],
         conditions: { StringLike: { 's3:prefix': Fn.sub('${OutputPrefix}/*') } },
       }),
-      positionsAccess(...positionsCalls, 'DeleteItem'),
+      positionsAccess(...positionsCalls),
       new iam.PolicyStatement({
         actions: [
           'kinesis:PutRecord',
