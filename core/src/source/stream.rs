@@ -106,6 +106,7 @@ pub trait ChangeStream<P: StreamPosition>: Send {
 /// at most `capacity` chunks (backpressure on the reader); a chunk is only sent by
 /// [`EventChunks::take`]'s caller, so the reader decides when a partial chunk goes (when its
 /// input has nothing more ready, so no event waits on later input).
+#[cfg(feature = "postgres")]
 pub(crate) fn event_chunks<T>(capacity: usize, chunk: usize) -> (EventChunks<T>, ChunkedEvents<T>) {
     let (tx, rx) = tokio::sync::mpsc::channel(capacity);
     (
@@ -122,12 +123,14 @@ pub(crate) fn event_chunks<T>(capacity: usize, chunk: usize) -> (EventChunks<T>,
 }
 
 /// The reading task's side of [`event_chunks`]: events gather until taken and sent.
+#[cfg(feature = "postgres")]
 pub(crate) struct EventChunks<T> {
     pub tx: tokio::sync::mpsc::Sender<Vec<T>>,
     pending: Vec<T>,
     chunk: usize,
 }
 
+#[cfg(feature = "postgres")]
 impl<T> EventChunks<T> {
     /// Adds an event to the pending chunk; true when the chunk is full (send it now).
     pub fn push(&mut self, ev: T) -> bool {
@@ -144,11 +147,13 @@ impl<T> EventChunks<T> {
 }
 
 /// The stream loop's side of [`event_chunks`].
+#[cfg(feature = "postgres")]
 pub(crate) struct ChunkedEvents<T> {
     rx: tokio::sync::mpsc::Receiver<Vec<T>>,
     ready: std::vec::IntoIter<T>,
 }
 
+#[cfg(feature = "postgres")]
 impl<T> ChunkedEvents<T> {
     /// The next event; `None` once the reader is gone and every event it sent was taken.
     /// Cancel safe: an event is only removed when it is returned.
@@ -162,7 +167,7 @@ impl<T> ChunkedEvents<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "postgres"))]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
