@@ -265,44 +265,13 @@ impl CleanupOnPanic {
 
 impl Drop for CleanupOnPanic {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
+        if std::thread::panicking() {
+            harness::clean_up_now(
+                std::slice::from_ref(&self.slot),
+                &format!("drop table if exists {}", self.table),
+                Some(&self.dynamodb_table),
+            );
         }
-        let (slot, table, dynamodb_table) = (
-            self.slot.clone(),
-            self.table.clone(),
-            self.dynamodb_table.clone(),
-        );
-        let admin_url = std::env::var("TIDEMARK_PG_ADMIN_URL").unwrap_or_default();
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let Ok((c, conn)) =
-                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
-                else {
-                    return;
-                };
-                tokio::spawn(conn);
-                harness::drop_slot(&c, &slot, true).await;
-                let _ = c
-                    .batch_execute(&format!("drop table if exists {table}"))
-                    .await;
-            });
-            if let Ok(py) = std::env::var("TIDEMARK_PYTHON") {
-                let _ = Command::new(py)
-                    .arg("-c")
-                    .arg("import sys, boto3; boto3.client('dynamodb').delete_table(TableName=sys.argv[1])")
-                    .arg(&dynamodb_table)
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        });
-        let _ = cleanup.join();
     }
 }
 

@@ -21,34 +21,11 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let (schema, slots) = (self.schema.clone(), self.slots.clone());
-        let dynamodb_table = self.dynamodb_table.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let c = harness::admin_sql().await;
-                for slot in &slots {
-                    harness::drop_slot(&c, slot, true).await;
-                }
-                let _ = c
-                    .batch_execute(&format!("drop schema if exists {schema} cascade"))
-                    .await;
-            });
-            if let Ok(py) = std::env::var("TIDEMARK_PYTHON") {
-                let _ = std::process::Command::new(py)
-                    .arg("-c")
-                    .arg("import sys, boto3; boto3.client('dynamodb').delete_table(TableName=sys.argv[1])")
-                    .arg(&dynamodb_table)
-                    .stderr(std::process::Stdio::null())
-                    .status();
-            }
-        })
-        .join();
+        harness::clean_up_now(
+            &self.slots,
+            &format!("drop schema if exists {} cascade", self.schema),
+            Some(&self.dynamodb_table),
+        );
     }
 }
 
@@ -151,8 +128,4 @@ async fn one_transaction_over_3000_tables_commits_on_dynamodb_and_the_local_stor
             s.name
         );
     }
-    for s in [&on_aws, &local] {
-        s.cleanup(&c).await;
-    }
-    aws.drop_table();
 }

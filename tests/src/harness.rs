@@ -240,6 +240,43 @@ impl Scenario {
     }
 }
 
+/// Removes what a test created, from any context (its own thread and runtime, no panics), so a
+/// `Drop` guard may call it while the test panics: drops `slots` (ending their walsenders) and
+/// their publications, runs `sql` as the admin user, and deletes `dynamodb_table`. Best effort.
+pub fn clean_up_now(slots: &[String], sql: &str, dynamodb_table: Option<&str>) {
+    let (slots, sql) = (slots.to_vec(), sql.to_string());
+    let dynamodb_table = dynamodb_table.map(str::to_string);
+    let admin_url = std::env::var("TIDEMARK_PG_ADMIN_URL").unwrap_or_default();
+    let cleanup = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok((c, conn)) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
+            else {
+                return;
+            };
+            tokio::spawn(conn);
+            for slot in &slots {
+                drop_slot(&c, slot, true).await;
+            }
+            let _ = c.batch_execute(&sql).await;
+        });
+        if let (Ok(py), Some(table)) = (std::env::var("TIDEMARK_PYTHON"), dynamodb_table) {
+            let _ = Command::new(py)
+                .arg("-c")
+                .arg("import sys, boto3; boto3.client('dynamodb').delete_table(TableName=sys.argv[1])")
+                .arg(&table)
+                .stderr(Stdio::null())
+                .status();
+        }
+    });
+    let _ = cleanup.join();
+}
+
 /// Drops a replication slot (waiting up to 10 s for it to become inactive; with `terminate`,
 /// ending the walsender that holds it) and the publication of the same name. Best effort.
 pub async fn drop_slot(client: &tokio_postgres::Client, slot: &str, terminate: bool) {

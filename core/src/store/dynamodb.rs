@@ -106,6 +106,8 @@ const INLINE_MAX: usize = 64 * 1024;
 const PART_MAX: usize = 256 * 1024;
 /// Reads of a checkpoint whose parts a newer save replaced while it was read.
 const READ_ATTEMPTS: usize = 5;
+/// Most part items one checkpoint may have (1 GiB compressed): a larger count is a damaged item.
+const MAX_PARTS: usize = 4096;
 /// How long `open` waits for a table to become ACTIVE.
 const TABLE_ACTIVE_WAIT: Duration = Duration::from_secs(120);
 /// Conditional-write rounds of one `acquire_lease` before giving up on a contended lease.
@@ -139,7 +141,8 @@ struct Stored {
 enum Body {
     Json(String),
     Zstd(Vec<u8>),
-    Parts(Parts),
+    /// The parts and the compressed JSON they hold.
+    Parts(Parts, Vec<u8>),
 }
 
 /// A checkpoint stored in part items: `id` is unique to one save (its version and a random
@@ -160,9 +163,12 @@ impl Parts {
     fn parse(text: &str) -> Option<Parts> {
         let mut it = text.split(' ');
         let id = it.next().filter(|id| !id.is_empty() && !id.contains('#'))?;
-        let count = it.next()?.parse().ok()?;
-        let bytes = it.next()?.parse().ok()?;
-        it.next().is_none().then(|| Parts {
+        let count: usize = it.next()?.parse().ok()?;
+        let bytes: usize = it.next()?.parse().ok()?;
+        let consistent = (1..=MAX_PARTS).contains(&count)
+            && bytes > (count - 1) * PART_MAX
+            && bytes <= count * PART_MAX;
+        (consistent && it.next().is_none()).then(|| Parts {
             id: id.to_string(),
             count,
             bytes,
@@ -278,7 +284,7 @@ impl DynamoStore {
                 lease,
             } => (parts, version, lease),
         };
-        let mut zstd = Vec::with_capacity(parts.bytes);
+        let mut zstd = Vec::with_capacity(parts.bytes.min(16 * PART_MAX));
         for i in 0..parts.count {
             let out = self
                 .client
@@ -322,10 +328,9 @@ impl DynamoStore {
     /// How `next` is stored, writing its part items first when it needs them.
     async fn write_body(&self, next: &Checkpoint) -> Result<Body> {
         let body = Body::of(next)?;
-        let Body::Parts(parts) = &body else {
+        let Body::Parts(parts, zstd) = &body else {
             return Ok(body);
         };
-        let zstd = compress(next)?;
         for (i, chunk) in zstd.chunks(PART_MAX).enumerate() {
             self.client
                 .update_item()
@@ -780,7 +785,7 @@ fn save_write(
     let (attr, value) = match body {
         Body::Json(json) => (CHECKPOINT, AttributeValue::S(json.clone())),
         Body::Zstd(z) => (CHECKPOINT_ZSTD, AttributeValue::B(Blob::new(z.clone()))),
-        Body::Parts(parts) => (CHECKPOINT_PARTS, AttributeValue::S(parts.attribute())),
+        Body::Parts(parts, _) => (CHECKPOINT_PARTS, AttributeValue::S(parts.attribute())),
     };
     let mut w = Write::default();
     let mut set = vec![
@@ -821,16 +826,26 @@ impl Body {
         if z.len() <= INLINE_MAX {
             return Ok(Body::Zstd(z));
         }
-        Ok(Body::Parts(Parts {
+        let count = z.len().div_ceil(PART_MAX);
+        if count > MAX_PARTS {
+            return Err(Error::fatal(format!(
+                "the checkpoint of pipeline {:?} is {} bytes compressed, above the {} parts of {PART_MAX} bytes a DynamoDB checkpoint may have",
+                cp.pipeline,
+                z.len(),
+                MAX_PARTS
+            )));
+        }
+        let parts = Parts {
             id: format!("{}-{:016x}", cp.version, fastrand::u64(..)),
-            count: z.len().div_ceil(PART_MAX),
+            count,
             bytes: z.len(),
-        }))
+        };
+        Ok(Body::Parts(parts, z))
     }
 
     fn parts(&self) -> Option<&Parts> {
         match self {
-            Body::Parts(p) => Some(p),
+            Body::Parts(p, _) => Some(p),
             _ => None,
         }
     }
@@ -1222,12 +1237,27 @@ mod tests {
             panic!("3,000 tables compress into the item")
         };
         assert!(z.len() <= INLINE_MAX);
-        let Body::Parts(parts) = Body::of(&wide(30_000, true)).unwrap() else {
+        let Body::Parts(parts, _) = Body::of(&wide(30_000, true)).unwrap() else {
             panic!("30,000 random keys go to parts")
         };
         assert!(parts.count >= 2 && parts.bytes > PART_MAX, "{parts:?}");
         assert_eq!(Parts::parse(&parts.attribute()), Some(parts));
-        for bad in ["", "a", "a 1", "a 1 2 3", "a#b 1 2", "a x 2"] {
+        let one = PART_MAX.to_string();
+        assert!(Parts::parse(&format!("a 1 {one}")).is_some());
+        let past = (PART_MAX + 1).to_string();
+        let huge = format!("a {} {}", MAX_PARTS + 1, (MAX_PARTS + 1) * PART_MAX);
+        for bad in [
+            "",
+            "a",
+            "a 1",
+            "a 1 2 3",
+            "a#b 1 2",
+            "a x 2",
+            "a 0 0",
+            "a 2 10",
+            &format!("a 1 {past}"),
+            &huge,
+        ] {
             assert_eq!(Parts::parse(bad), None, "{bad:?}");
         }
     }
