@@ -822,7 +822,8 @@ impl Body {
         if json.len() <= INLINE_MAX {
             return Ok(Body::Json(json));
         }
-        let z = compress(cp)?;
+        let z = zstd::encode_all(json.as_bytes(), 3)
+            .map_err(|e| Error::with_source(ErrorKind::Fatal, "compressing checkpoint", e))?;
         if z.len() <= INLINE_MAX {
             return Ok(Body::Zstd(z));
         }
@@ -849,14 +850,6 @@ impl Body {
             _ => None,
         }
     }
-}
-
-/// The checkpoint's JSON, zstd-compressed.
-fn compress(cp: &Checkpoint) -> Result<Vec<u8>> {
-    let json = serde_json::to_vec(cp)
-        .map_err(|e| Error::with_source(ErrorKind::Fatal, "serializing checkpoint", e))?;
-    zstd::encode_all(&json[..], 3)
-        .map_err(|e| Error::with_source(ErrorKind::Fatal, "compressing checkpoint", e))
 }
 
 fn unzstd(table: &str, pipeline: &str, z: &[u8]) -> Result<Vec<u8>> {
